@@ -1,0 +1,16 @@
+"""flowgen: flow matching and diffusion models in JAX.
+
+Convention (DESIGN.md): t = 0 is noise, t = 1 is data, ``x_t = α(t)·x_data + σ(t)·noise``.
+
+    import flowgen as fg
+    path = fg.paths.get("linear")
+    gmm = fg.analytic.GaussianMixture.circle()
+    x, info = fg.sample(gmm.model(path, "noise"), path, target="noise", solver="dpmpp_2m", num_steps=10,
+                        key=jax.random.key(0), shape=(1000, 2))
+"""
+
+from flowgen import analytic, paths, solvers
+from flowgen.sampling import sample
+
+__version__ = "0.1.0"
+__all__ = ["analytic", "paths", "sample", "solvers"]
