@@ -36,7 +36,7 @@ from flowgen.solvers.base import Context, Solver
 from flowgen.solvers.sde import diffusion_coefficient
 
 # Grid each solver uses when only num_steps is given.
-DEFAULT_GRIDS = {"dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr", "edm_stochastic": "edm"}
+DEFAULT_GRIDS = {"dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr", "unipc": "logsnr", "edm_stochastic": "edm"}
 
 
 def _is_concrete(a) -> bool:
@@ -67,7 +67,8 @@ def _resolve_grid(path: Path, solver: Solver, grid, num_steps, t_start, t_end, r
 
 def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray) -> None:
     """Refuse grids on which this path/target/solver would divide by zero or evaluate infinite coefficients."""
-    coeff = {k: np.asarray(v, np.float64) for k, v in path.coefficients(jnp.asarray(ts))._asdict().items()}
+    coeff = {k: v for k, v in zip(("alpha", "sigma", "d_alpha", "d_sigma"),
+                                  grids_lib.host_eval(lambda t: jnp.stack(path.coefficients(t)), ts), strict=True)}
     evaluated = np.zeros(ts.shape, bool)
     evaluated[:-1] = True
     evaluated[-1] = solver.evaluates_at_step_end
@@ -94,8 +95,8 @@ def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray)
         raise ValueError(f"edm_stochastic works in x/α and needs α(t) > 0 on the whole grid {where}")
     kinds = {"euler_maruyama": getattr(solver, "diffusion", None), "pc": "path"}
     if solver.name in kinds:
-        w = diffusion_coefficient(kinds[solver.name], getattr(solver, "diffusion_scale", 1.0), path,
-                                  jnp.asarray(ts[:-1]))
+        w = grids_lib.host_eval(lambda t: diffusion_coefficient(
+            kinds[solver.name], getattr(solver, "diffusion_scale", 1.0), path, t), ts[:-1])
         if not np.all(np.isfinite(np.asarray(w))):
             raise ValueError(
                 f"the diffusion w(t) is not finite at t={ts[:-1][~np.isfinite(np.asarray(w))][0]:.6g} {where} "
@@ -105,7 +106,9 @@ def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray)
 
 
 def _model_caller(model: Callable, has_params: bool, has_cond: bool, guided: bool):
-    """``predict(x, t, params, cond, null_cond, w)``: one model call at scalar t, guided if asked."""
+    """``predict(x, t, params, cond, null_cond, w)``: one model call at scalar t, guided if asked.
+
+    The prediction is cast to the dtype of x (the sampler's state keeps the dtype of the noise)."""
 
     def call(params, x, t, cond):
         args = ((params,) if has_params else ()) + (x, t) + ((cond,) if has_cond else ())
@@ -114,14 +117,14 @@ def _model_caller(model: Callable, has_params: bool, has_cond: bool, guided: boo
     def predict(x, t, params, cond, null_cond, weight):
         t_batch = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
         if not guided:
-            return call(params, x, t_batch, cond)
+            return call(params, x, t_batch, cond).astype(x.dtype)
         both = call(
             params,
             jnp.concatenate([x, x]),
             jnp.concatenate([t_batch, t_batch]),
             jax.tree.map(lambda c, n: jnp.concatenate([c, n]), cond, null_cond),
         )
-        conditional, unconditional = jnp.split(both, 2)
+        conditional, unconditional = jnp.split(both.astype(x.dtype), 2)
         return unconditional + weight * (conditional - unconditional)
 
     return predict
@@ -188,9 +191,13 @@ def sample(
     if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer))
                                   or num_steps < 1):
         raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}")
-    ts = _resolve_grid(path, solver, grid, num_steps, t_start, t_end, rho)
-    if isinstance(ts, np.ndarray):
-        _check_grid_on_path(path, target, solver, ts)
+    if solver.stochastic and key is None:
+        raise ValueError(f"solver {solver.name!r} is stochastic: pass key=...")
+    # Grids and their checks are host computations, even when sample() itself is being traced by jax.jit.
+    with jax.ensure_compile_time_eval():
+        ts = _resolve_grid(path, solver, grid, num_steps, t_start, t_end, rho)
+        if isinstance(ts, np.ndarray):
+            _check_grid_on_path(path, target, solver, ts)
 
     if noise is None:
         if key is None or shape is None:
@@ -204,8 +211,6 @@ def sample(
         raise ValueError(f"noise must have a leading batch axis; got shape {noise.shape}")
     if not jnp.issubdtype(noise.dtype, jnp.floating):
         raise ValueError(f"noise must be a floating-point array; got dtype {noise.dtype}")
-    if solver.stochastic and key is None:
-        raise ValueError(f"solver {solver.name!r} is stochastic: pass key=...")
 
     guided = guidance is not None
     if guided:

@@ -5,6 +5,7 @@
     euler, midpoint, heun, rk4          explicit Runge–Kutta on the probability-flow ODE   (ode.py)
     dopri5                              adaptive Dormand–Prince 5(4)                        (adaptive.py)
     ddim, dpmpp_2m, dpmpp_3m            exponential integrators on the data prediction     (diffusion.py)
+    unipc                               UniPC-bh2 predictor–corrector multistep             (unipc.py)
     euler_maruyama, pc, edm_stochastic  reverse-SDE family, predictor–corrector, EDM        (sde.py)
 """
 
@@ -18,10 +19,11 @@ from flowgen.solvers.base import Context, Solver, integrate
 from flowgen.solvers.diffusion import DDIM, DPMSolverPP2M, DPMSolverPP3M
 from flowgen.solvers.ode import RK4, Euler, ExplicitRK, Heun, Midpoint
 from flowgen.solvers.sde import DIFFUSIONS, EDMStochastic, EulerMaruyama, PredictorCorrector
+from flowgen.solvers.unipc import UniPC
 
 SOLVERS: dict[str, type[Solver]] = {
     cls.name: cls
-    for cls in (Euler, Midpoint, Heun, RK4, Dopri5, DDIM, DPMSolverPP2M, DPMSolverPP3M, EulerMaruyama,
+    for cls in (Euler, Midpoint, Heun, RK4, Dopri5, DDIM, DPMSolverPP2M, DPMSolverPP3M, UniPC, EulerMaruyama,
                 PredictorCorrector, EDMStochastic)
 }
 
@@ -47,6 +49,6 @@ def get(name: str | Solver, **kwargs) -> Solver:
 
 __all__ = [
     "DDIM", "DIFFUSIONS", "RK4", "SOLVERS", "Context", "DPMSolverPP2M", "DPMSolverPP3M", "Dopri5", "EDMStochastic",
-    "Euler", "EulerMaruyama", "ExplicitRK", "Heun", "Midpoint", "PredictorCorrector", "Solver", "get", "grids",
+    "Euler", "EulerMaruyama", "ExplicitRK", "Heun", "Midpoint", "PredictorCorrector", "Solver", "UniPC", "get", "grids",
     "integrate",
 ]

@@ -6,7 +6,8 @@ A solver is a small frozen dataclass (as in diffrax) with a class-level ``name``
     step(ctx, state, x, t0, t1, key, index, remaining) -> (x_next, state, calls)
 
 ``index`` counts steps from 0 and ``remaining`` is the number of steps left including this one (1 on the last),
-both traced int32. ``calls`` is the number of model evaluations the step actually made (an int or a traced int32): NFE is summed
+both traced int32. ``calls`` is the number of model evaluations the step actually made (an int or a traced
+int32): NFE is summed
 from what was done, never declared. ``ctx`` (a ``Context``) is the only way a solver sees the model: it gives the
 path's coefficients and the model's prediction converted to what the solver integrates (velocity, or the posterior
 means x̂ and ε̂). Solvers never see parameters, guidance or the network's target.
@@ -90,8 +91,8 @@ def integrate(solver: Solver, ctx: Context, x: jax.Array, grid: jax.Array, key: 
         x, state, nfe = carry
         index, t0, t1 = inputs
         step_key = jax.random.fold_in(key, index)
-        x, state, calls = solver.step(ctx, state, x, t0, t1, step_key, index, num_steps - index)
-        return (x, state, nfe + jnp.asarray(calls, jnp.int32)), None
+        x_next, state, calls = solver.step(ctx, state, x, t0, t1, step_key, index, num_steps - index)
+        return (x_next.astype(x.dtype), state, nfe + jnp.asarray(calls, jnp.int32)), None
 
     steps = (jnp.arange(num_steps, dtype=jnp.int32), grid[:-1], grid[1:])
     (x, _, nfe), _ = jax.lax.scan(body, (x, state, jnp.zeros((), jnp.int32)), steps)

@@ -70,7 +70,8 @@ class DDIM(Solver):
 class DPMSolverPP2M(Solver):
     """DPM-Solver++(2M) (Lu et al. 2022b, Algorithm 2), data prediction, multistep, one model call per step:
 
-        r = h_{i−1}/h_i,   D = (1 + 1/(2r))·x̂_i − (1/(2r))·x̂_{i−1},   x_{i+1} = (σ_{i+1}/σ_i)·x_i − α_{i+1}(e^{−h_i} − 1)·D
+        r = h_{i−1}/h_i,   D = (1 + 1/(2r))·x̂_i − (1/(2r))·x̂_{i−1},
+        x_{i+1} = (σ_{i+1}/σ_i)·x_i − α_{i+1}·(e^{−h_i} − 1)·D
 
     The first step, and a final step into σ = 0, are first order.
     """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,8 +25,10 @@ EDM_SIGMA_MIN = 0.002
 EDM_SIGMA_MAX = 80.0
 
 
-def _host(fn, t) -> np.ndarray:
-    return np.asarray(fn(jnp.asarray(t)), dtype=np.float64)
+def host_eval(fn, t) -> np.ndarray:
+    """Evaluate a path function on the host in float64, whatever the global x64 setting."""
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
+        return np.asarray(fn(jnp.asarray(t, jnp.float64)), dtype=np.float64)
 
 
 def _check_num_steps(num_steps) -> int:
@@ -37,7 +40,7 @@ def _check_num_steps(num_steps) -> int:
 def _spaced_ends(path: Path, t_start: float, t_end: float):
     """λ at both ends (infinite ends replaced by EDM's range), whether the start is exact, and whether the exact
     end must be appended after the spaced points."""
-    lam0, lam1 = (float(v) for v in _host(path.log_snr, np.array([t_start, t_end])))
+    lam0, lam1 = (float(v) for v in host_eval(path.log_snr, np.array([t_start, t_end])))
     start_exact = math.isfinite(lam0)
     if not start_exact:
         lam0 = -math.log(EDM_SIGMA_MAX)
@@ -51,7 +54,7 @@ def _spaced_ends(path: Path, t_start: float, t_end: float):
 
 def _from_log_snr(path, lams, t_start, t_end, start_exact, append_end) -> np.ndarray:
     """Times of the spaced λ values; exact ends are pinned so that no round-off moves them."""
-    ts = np.clip(_host(path.t_from_log_snr, lams), t_start, t_end)
+    ts = np.clip(host_eval(path.t_from_log_snr, lams), t_start, t_end)
     if start_exact:
         ts[0] = t_start
     if append_end:
@@ -118,7 +121,8 @@ def check_grid(grid) -> np.ndarray:
     if not np.all(np.diff(ts) > 0):
         bad = int(np.argmin(np.diff(ts) > 0))
         raise ValueError(
-            f"grid must be strictly increasing (t = 0 noise, t = 1 data); t[{bad}]={ts[bad]} >= t[{bad + 1}]={ts[bad + 1]}"
+            f"grid must be strictly increasing (t = 0 noise, t = 1 data); "
+            f"t[{bad}]={ts[bad]} >= t[{bad + 1}]={ts[bad + 1]}"
         )
     if ts[0] < 0.0 or ts[-1] > 1.0:
         raise ValueError(f"grid must lie in [0, 1]; got [{ts[0]}, {ts[-1]}]")
