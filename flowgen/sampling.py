@@ -29,7 +29,7 @@ import numpy as np
 
 from flowgen import paths as paths_lib
 from flowgen import solvers as solvers_lib
-from flowgen.paths.schedules import Path
+from flowgen.paths.schedules import Path, host_eval
 from flowgen.paths.targets import check_target
 from flowgen.solvers import grids as grids_lib
 from flowgen.solvers.base import Context, Solver
@@ -68,7 +68,7 @@ def _resolve_grid(path: Path, solver: Solver, grid, num_steps, t_start, t_end, r
 def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray) -> None:
     """Refuse grids on which this path/target/solver would divide by zero or evaluate infinite coefficients."""
     coeff = {k: v for k, v in zip(("alpha", "sigma", "d_alpha", "d_sigma"),
-                                  grids_lib.host_eval(lambda t: jnp.stack(path.coefficients(t)), ts), strict=True)}
+                                  host_eval(lambda t: jnp.stack(path.coefficients(t)), ts), strict=True)}
     evaluated = np.zeros(ts.shape, bool)
     evaluated[:-1] = True
     evaluated[-1] = solver.evaluates_at_step_end
@@ -95,7 +95,7 @@ def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray)
         raise ValueError(f"edm_stochastic works in x/α and needs α(t) > 0 on the whole grid {where}")
     kinds = {"euler_maruyama": getattr(solver, "diffusion", None), "pc": "path"}
     if solver.name in kinds:
-        w = grids_lib.host_eval(lambda t: diffusion_coefficient(
+        w = host_eval(lambda t: diffusion_coefficient(
             kinds[solver.name], getattr(solver, "diffusion_scale", 1.0), path, t), ts[:-1])
         if not np.all(np.isfinite(np.asarray(w))):
             raise ValueError(

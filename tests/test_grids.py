@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import flowgen as fg
+from flowgen.paths.schedules import host_eval
 from flowgen.solvers import grids
 
 NAMED = [n for n in fg.paths.PATHS if n != "custom"]
@@ -26,14 +27,14 @@ def test_grids_are_increasing_and_span_the_interval(name, kind):
 def test_logsnr_grid_is_uniform_in_log_snr():
     path = fg.paths.get("vp_linear")
     ts = grids.make_grid("logsnr", path, 8)
-    lam = grids.host_eval(path.log_snr, ts)
+    lam = host_eval(path.log_snr, ts)
     np.testing.assert_allclose(np.diff(lam), np.full(8, (lam[-1] - lam[0]) / 8), rtol=1e-9)
 
 
 def test_edm_grid_follows_karras_rho_schedule():
     path = fg.paths.get("ve", sigma_min=0.002, sigma_max=80.0)
     ts = grids.make_grid("edm", path, 18)
-    sig = grids.host_eval(path.sigma_edm, ts)
+    sig = host_eval(path.sigma_edm, ts)
     i = np.arange(19)
     expected = (80 ** (1 / 7) + i / 18 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
     np.testing.assert_allclose(sig, expected, rtol=1e-9)
@@ -44,7 +45,7 @@ def test_edm_grid_into_sigma_zero_appends_the_exact_end():
     path = fg.paths.get("linear")
     ts = grids.make_grid("edm", path, 10)
     assert len(ts) == 11 and ts[-1] == 1.0
-    sig = grids.host_eval(path.sigma_edm, ts[:-1])
+    sig = host_eval(path.sigma_edm, ts[:-1])
     np.testing.assert_allclose([sig[0], sig[-1]], [80.0, 0.002], rtol=1e-6)
     one = grids.make_grid("edm", path, 1)
     assert len(one) == 2 and one[-1] == 1.0

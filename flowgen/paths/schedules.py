@@ -26,6 +26,7 @@ from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Coefficients(NamedTuple):
@@ -41,6 +42,13 @@ def _derivative(fn: Callable[[jax.Array], jax.Array], t: jax.Array) -> jax.Array
     """Elementwise d fn / dt by forward-mode autodiff (fn must act elementwise)."""
     t = jnp.asarray(t, dtype=jnp.result_type(t, float))
     return jax.jvp(fn, (t,), (jnp.ones_like(t),))[1]
+
+
+def host_eval(fn: Callable, t) -> np.ndarray:
+    """Evaluate ``fn(t)`` on the host in float64 (for grids and input checks), even inside a jit trace and whatever
+    the global x64 setting."""
+    with jax.enable_x64(True), jax.ensure_compile_time_eval():
+        return np.asarray(fn(jnp.asarray(t, jnp.float64)), dtype=np.float64)
 
 
 def _float(t) -> jax.Array:

@@ -14,21 +14,13 @@ from __future__ import annotations
 
 import math
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from flowgen.paths.schedules import Path
+from flowgen.paths.schedules import Path, host_eval
 
 GRIDS = ("uniform", "logsnr", "edm")
 EDM_SIGMA_MIN = 0.002
 EDM_SIGMA_MAX = 80.0
-
-
-def host_eval(fn, t) -> np.ndarray:
-    """Evaluate a path function on the host in float64, whatever the global x64 setting."""
-    with jax.enable_x64(True), jax.ensure_compile_time_eval():
-        return np.asarray(fn(jnp.asarray(t, jnp.float64)), dtype=np.float64)
 
 
 def _check_num_steps(num_steps) -> int:
