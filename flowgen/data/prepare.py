@@ -13,8 +13,24 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from flowgen.data.toy import TOY_DATASETS
+
+# TFDS fetches catalogue datasets through its Google Cloud Storage mirror first; without a network TFDS's own
+# download would hang for minutes before failing (DESIGN.md §4), so probe it first and fail within seconds.
+_PROBE = ("storage.googleapis.com", 443)
+
+
+def _require_network(name: str, data_dir: str, timeout: float = 5.0) -> None:
+    try:
+        socket.create_connection(_PROBE, timeout=timeout).close()
+    except OSError as e:
+        raise ConnectionError(
+            f"cannot prepare {name!r}: no network ({type(e).__name__}: {e}). Run the same command on a machine with "
+            f"internet access (and TensorFlow installed, which TFDS's builders use to encode images), then copy "
+            f"{os.path.join(data_dir, name)} into this machine's data_dir."
+        ) from e
 
 
 def prepare(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
@@ -31,6 +47,7 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None) -> str | None:
     if spec.tfds_name == digits.NAME:
         folder = digits.prepare_digits(data_dir)
     else:
+        _require_network(name, data_dir)
         builder = tfds.builder(spec.tfds_name, data_dir=data_dir, file_format="array_record")
         builder.download_and_prepare()
         folder = os.fspath(builder.data_dir)

@@ -1,0 +1,26 @@
+"""DDPM-style ε-prediction (Ho et al. 2020) on the VP SDE with linear β (Song et al. 2021) on the 8×8 digits:
+noise target, uniform t on [0, 1 − 1e-3], "snr" weighting (= the plain ε-loss), unconditional U-Net; Adam 2e-4,
+grad clip 1, EMA 0.999; batch 128, 4000 steps. Samples: DPM-Solver++(2M) on the logSNR grid, 20 steps (20 NFE).
+Variant ``small``: a tiny U-Net, 4 steps.
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location("digits_rf", os.path.join(os.path.dirname(__file__), "digits_rf.py"))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+
+def get_config(variant: str = ""):
+    c = _base.get_config(variant)
+    c.model.num_classes = 0
+    c.loss.label_dropout = 0.0
+    c.sample.guidance = 0.0
+    c.path.name = "vp_linear"
+    c.loss.target = "noise"
+    c.loss.weighting = "snr"
+    c.sample.solver = "dpmpp_2m"
+    c.sample.grid = "logsnr"
+    c.sample.num_steps = 2 if variant == "small" else 20
+    return c

@@ -1,0 +1,1 @@
+"""Training: state, optimiser, sharding, the jitted step, checkpoints and the loop."""

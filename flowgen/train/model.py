@@ -1,0 +1,58 @@
+"""Networks from the config: the Flax module, and the two pure functions the rest of flowgen sees.
+
+    train_apply(params, x_t, t, cond, rng)   the training-time call (dropout on), as ``flowgen.losses`` expects
+    sample_apply(params, x_t, t[, cond])     the sampling call (dropout off), as ``flowgen.sample`` expects
+
+With ``model.precond = "edm"`` both wrap the network in EDM's preconditioning (``flowgen.networks.precond``).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax.numpy as jnp
+
+from flowgen import networks
+from flowgen.networks.precond import edm_precondition
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_network(model_cfg, num_classes: int | None):
+    kwargs = dict(model_cfg.kwargs.to_dict()) if hasattr(model_cfg.kwargs, "to_dict") else dict(model_cfg.kwargs)
+    kwargs["dtype"] = DTYPES[model_cfg.dtype]
+    name = model_cfg.name
+    if name == "mlp":
+        return networks.MLP(num_classes=num_classes, **kwargs)
+    if name == "unet":
+        return networks.UNet(num_classes=num_classes, **kwargs)
+    if name == "dit":
+        return networks.DiT(num_classes=num_classes, **kwargs)
+    raise ValueError(f"model.name={name!r} is not one of: mlp, unet, dit")
+
+
+def make_apply_fns(module, path, precond: str = "none", sigma_data: float = 0.5):
+    takes_train = "train" in inspect.signature(type(module).__call__).parameters
+
+    def raw(params, x, t, cond, *, train, rng):
+        extra = {"train": train} if takes_train else {}
+        rngs = {"dropout": rng} if (train and takes_train and rng is not None) else None
+        return module.apply(params, x, t, cond, rngs=rngs, **extra)
+
+    if precond == "edm":
+        # EDM feeds c_noise = ¼·ln σ̃ to the network in place of t.
+        def train_apply(params, x_t, t, cond, rng):
+            net = lambda p, x, c_noise, *c: raw(p, x, c_noise, c[0] if c else None, train=True, rng=rng)  # noqa: E731
+            return edm_precondition(net, path, sigma_data)(params, x_t, t, *(() if cond is None else (cond,)))
+
+        def sample_apply(params, x_t, t, *cond):
+            net = lambda p, x, c_noise, *c: raw(p, x, c_noise, c[0] if c else None, train=False, rng=None)  # noqa: E731
+            return edm_precondition(net, path, sigma_data)(params, x_t, t, *cond)
+    else:
+        def train_apply(params, x_t, t, cond, rng):
+            return raw(params, x_t, t, cond, train=True, rng=rng)
+
+        def sample_apply(params, x_t, t, *cond):
+            return raw(params, x_t, t, cond[0] if cond else None, train=False, rng=None)
+
+    return train_apply, sample_apply
