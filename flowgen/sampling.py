@@ -105,6 +105,16 @@ def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray)
             )
 
 
+@functools.lru_cache(maxsize=256)
+def _named_grid(path, target, solver, grid, num_steps, t_start, t_end, rho) -> np.ndarray:
+    """A named grid, built and checked once per (path, target, solver, kind, steps, ends, ρ) and then reused."""
+    with jax.ensure_compile_time_eval():
+        ts = _resolve_grid(path, solver, grid, num_steps, t_start, t_end, rho)
+        _check_grid_on_path(path, target, solver, ts)
+    ts.setflags(write=False)
+    return ts
+
+
 def _model_caller(model: Callable, has_params: bool, has_cond: bool, guided: bool):
     """``predict(x, t, params, cond, null_cond, w)``: one model call at scalar t, guided if asked.
 
@@ -132,8 +142,10 @@ def _model_caller(model: Callable, has_params: bool, has_cond: bool, guided: boo
 
 @functools.partial(jax.jit, static_argnames=("model", "path", "target", "solver", "has_params", "has_cond",
                                              "guided", "denoise"))
-def _sample_jit(x0, grid, key, params, cond, null_cond, weight, *, model, path, target, solver, has_params,
+def _sample_jit(noise, grid, key, params, cond, null_cond, weight, *, model, path, target, solver, has_params,
                 has_cond, guided, denoise):
+    x0 = path.sigma(grid[0]).astype(noise.dtype) * noise
+    _check_model_output(model, x0, params, cond, has_params, has_cond)   # at trace time: before XLA compiles
     predict_fn = _model_caller(model, has_params, has_cond, guided)
     ctx = Context(path, target, lambda x, t: predict_fn(x, t, params, cond, null_cond, weight))
     x, info = solver.solve(ctx, x0, grid, key)
@@ -193,11 +205,14 @@ def sample(
         raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}")
     if solver.stochastic and key is None:
         raise ValueError(f"solver {solver.name!r} is stochastic: pass key=...")
-    # Grids and their checks are host computations, even when sample() itself is being traced by jax.jit.
-    with jax.ensure_compile_time_eval():
-        ts = _resolve_grid(path, solver, grid, num_steps, t_start, t_end, rho)
-        if isinstance(ts, np.ndarray):
-            _check_grid_on_path(path, target, solver, ts)
+    if isinstance(grid, str) or grid is None:
+        ts = _named_grid(path, target, solver, grid, num_steps, t_start, t_end, rho)
+    else:
+        # Grids and their checks are host computations, even when sample() itself is being traced by jax.jit.
+        with jax.ensure_compile_time_eval():
+            ts = _resolve_grid(path, solver, grid, num_steps, t_start, t_end, rho)
+            if isinstance(ts, np.ndarray):
+                _check_grid_on_path(path, target, solver, ts)
 
     if noise is None:
         if key is None or shape is None:
@@ -226,11 +241,9 @@ def sample(
         raise ValueError("null_cond is only used with guidance=w")
 
     grid_arr = jnp.asarray(ts, dtype=noise.dtype)
-    x0 = path.sigma(grid_arr[0]).astype(noise.dtype) * noise
     has_params, has_cond = params is not None, cond is not None
-    _check_model_output(model, x0, params, cond, has_params, has_cond)
     return _sample_jit(
-        x0, grid_arr, key, params, cond, null_cond, jnp.asarray(1.0 if guidance is None else guidance, noise.dtype),
+        noise, grid_arr, key, params, cond, null_cond, jnp.asarray(1.0 if guidance is None else guidance, noise.dtype),
         model=model, path=path, target=target, solver=solver, has_params=has_params, has_cond=has_cond,
         guided=guided, denoise=denoise,
     )
