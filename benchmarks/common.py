@@ -1,0 +1,93 @@
+"""Shared helpers for the benchmark scripts: timing, environment record, Markdown tables, JSON output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import jax
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
+
+
+def time_call(fn: Callable[[], object]) -> float:
+    """Wall seconds of one call of ``fn``, including waiting for every array it returns."""
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def environment() -> dict:
+    """What the numbers depend on: versions, backend, devices, CPU count, git commit."""
+    import flax
+    import jaxlib
+    import numpy as np
+
+    def git(*args):
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True,
+                                 timeout=10)
+            return out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    device = jax.devices()[0]
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "numpy": np.__version__,
+        "backend": jax.default_backend(),
+        "device_kind": device.device_kind,
+        "device_count": jax.device_count(),
+        "cpu_count": os.cpu_count(),
+        "x64": bool(jax.config.jax_enable_x64),
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(name: str, payload: dict, out_dir: str | Path | None = None) -> Path:
+    """Write ``payload`` to ``<out_dir>/<name>-<UTC timestamp>.json``; never overwrites an existing file."""
+    out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+    for attempt in range(1000):
+        path = out_dir / (f"{name}-{stamp}.json" if attempt == 0 else f"{name}-{stamp}-{attempt}.json")
+        try:
+            with open(path, "x") as f:          # "x": fail rather than overwrite
+                json.dump(payload, f, indent=2)
+                f.write("\n")
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not find a free file name for {name} in {out_dir}")
+
+
+def now_utc() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")

@@ -1,0 +1,142 @@
+"""MLP velocity/score network for low-dimensional data (2-D toy sets, small vectors).
+
+Architecture (``H = hidden``, ``d`` = data dimension, ``C = num_classes``; an x of shape (batch, ...) is
+flattened to (batch, d) first and the output reshaped back)::
+
+    c = TimestepEmbedder(t)              (batch, H)   features(t) → Dense(H) → SiLU → Dense(H)
+      + Embed(C + 1, H)(labels)          (batch, H)   only if num_classes is set; row C is the null label
+    h = Dense(H)(x) + c                  (batch, H)   input projection plus the conditioning
+    repeat depth − 1 times:  h = Dense(H)(SiLU(h))
+    out = Dense(d)(SiLU(h))              (batch, d)   reshaped to x's shape, cast to x's dtype
+
+The conditioning is *added* to the first hidden layer, which is the same function class as concatenating
+``[x, c]`` at the input (a Dense of a concatenation is a sum of Dense layers), as torchcfm's and Meta
+flow_matching's toy MLPs do; the time features go through DiT's two-layer TimestepEmbedder first. ``depth`` is
+the number of hidden layers (SiLU activations), so the trunk has ``depth + 1`` Dense layers.
+
+Parameter count (every Dense has a bias; the time features themselves have no parameters)::
+
+    P = (d·H + H)              input projection
+      + 2·(H² + H)             time embedder
+      + (depth − 1)·(H² + H)   hidden layers
+      + (H·d + d)              output layer
+      + (C + 1)·H              label table (conditional nets only)
+
+``param_count`` evaluates it; the tests check it against ``jax.eval_shape`` of ``init``.
+
+Classifier-free guidance: labels are integers in [0, C]; ``C`` (``MLP.null_label``) is the unconditional
+("dropped") label. Training replaces a fraction of labels by ``null_label``; sampling passes
+``cond=labels, null_cond=null_label``. A label outside [0, C] (negative ones included) gives a NaN output
+(``jnp.take``'s fill mode), so it cannot go unnoticed.
+
+Mixed precision: ``dtype`` is the compute dtype of every Dense/Embed, ``param_dtype`` the storage dtype of the
+parameters (float32 by default, also with bfloat16 compute). Time features are computed in float32.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+
+from flowgen.networks.embeddings import EMBEDDINGS, TimestepEmbedder
+
+
+def param_count(data_dim: int, hidden: int = 256, depth: int = 3, num_classes: int | None = None) -> int:
+    """Number of parameters of ``MLP(hidden, depth, num_classes)`` on data of dimension ``data_dim``."""
+    d, h = data_dim, hidden
+    count = (d * h + h) + 2 * (h * h + h) + (depth - 1) * (h * h + h) + (h * d + d)
+    if num_classes is not None:
+        count += (num_classes + 1) * h
+    return count
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+class MLP(nn.Module):
+    """Time- (and optionally label-) conditioned MLP: ``apply(variables, x, t[, labels]) -> (batch, d)``.
+
+    Attributes:
+      hidden: width H of every hidden layer and of the conditioning embedding.
+      depth: number of hidden layers (>= 1).
+      num_classes: None for an unconditional net; else C >= 1 classes plus the null label C.
+      time_embedding: "sinusoidal" (Transformer/DDPM features of 1000·t) or "fourier" (Gaussian random
+        Fourier features, scale 16); see ``flowgen.networks.embeddings``.
+      dtype: compute dtype (e.g. jnp.bfloat16); the output is cast back to x's dtype.
+      param_dtype: parameter dtype (float32 by default).
+
+    Call:
+      x: (batch, d) floating point (or (batch, ...): trailing axes are flattened to d and restored); t: (batch,)
+      times in [0, 1]; labels: (batch,) integers in [0, C], required iff num_classes is set. Returns an array
+      of x's shape and dtype. Shapes are checked at trace time and a ValueError names the offending argument.
+    """
+
+    hidden: int = 256
+    depth: int = 3
+    num_classes: int | None = None
+    time_embedding: str = "sinusoidal"
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    def __post_init__(self):
+        if not (_is_int(self.hidden) and self.hidden >= 2):
+            raise ValueError(f"MLP: hidden must be an integer >= 2; got {self.hidden!r}")
+        if not (_is_int(self.depth) and self.depth >= 1):
+            raise ValueError(f"MLP: depth must be an integer >= 1; got {self.depth!r}")
+        if self.num_classes is not None and not (_is_int(self.num_classes) and self.num_classes >= 1):
+            raise ValueError(f"MLP: num_classes must be None or an integer >= 1; got {self.num_classes!r}")
+        if self.time_embedding not in EMBEDDINGS:
+            raise ValueError(
+                f"MLP: unknown time_embedding {self.time_embedding!r}; valid: {', '.join(EMBEDDINGS)}"
+            )
+        super().__post_init__()
+
+    @property
+    def null_label(self) -> int:
+        """The label meaning "no label" (classifier-free guidance): ``num_classes``."""
+        if self.num_classes is None:
+            raise ValueError("MLP: an unconditional net (num_classes=None) has no null label")
+        return self.num_classes
+
+    def _check_inputs(self, x, t, labels):
+        if jnp.ndim(x) < 2:
+            raise ValueError(f"MLP: x must have shape (batch, d) or (batch, ...); got shape {jnp.shape(x)}")
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+            raise ValueError(f"MLP: x must be floating point; got dtype {jnp.result_type(x)}")
+        batch = jnp.shape(x)[0]
+        if jnp.shape(t) != (batch,):
+            raise ValueError(f"MLP: t must have shape (batch,) = ({batch},); got shape {jnp.shape(t)}")
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("MLP: labels given to an unconditional net (num_classes=None)")
+            return
+        if labels is None:
+            raise ValueError(
+                f"MLP: a conditional net (num_classes={self.num_classes}) needs labels of shape (batch,); "
+                f"pass the null label {self.num_classes} for unconditional predictions"
+            )
+        if jnp.shape(labels) != (batch,):
+            raise ValueError(
+                f"MLP: labels must have shape (batch,) = ({batch},); got shape {jnp.shape(labels)}"
+            )
+        if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+            raise ValueError(f"MLP: labels must be integers; got dtype {jnp.result_type(labels)}")
+
+    @nn.compact
+    def __call__(self, x, t, labels=None):
+        self._check_inputs(x, t, labels)
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = lambda features, name: nn.Dense(features, name=name, **dtypes)
+        c = TimestepEmbedder(self.hidden, kind=self.time_embedding, name="time_embed", **dtypes)(t)
+        if self.num_classes is not None:
+            # jnp.take wraps negative indices (−1 would silently be the null label): send them out of range.
+            labels = jnp.where(labels < 0, self.num_classes + 1, labels)
+            c = c + nn.Embed(self.num_classes + 1, self.hidden, name="label_embed", **dtypes)(labels)
+        flat = jnp.reshape(x, (x.shape[0], -1))
+        h = dense(self.hidden, "in_proj")(flat) + c
+        for i in range(self.depth - 1):
+            h = dense(self.hidden, f"hidden_{i}")(nn.silu(h))
+        out = dense(flat.shape[-1], "out_proj")(nn.silu(h))
+        return jnp.reshape(out, x.shape).astype(x.dtype)
