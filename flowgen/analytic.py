@@ -139,8 +139,18 @@ class GaussianMixture:
         return targets_lib.Denoised(data, noise), score
 
     def model(self, path: Path, target: str = "velocity", conditional: bool = False) -> Callable:
-        """The exact model ``(x_t, t) -> prediction`` of ``target`` (or ``(x_t, t, labels)`` if conditional)."""
+        """The exact model ``(x_t, t) -> prediction`` of ``target`` (or ``(x_t, t, labels)`` if conditional).
+
+        The same function object is returned for the same arguments, so ``fg.sample`` (which jits per model
+        function) compiles once per (path, target), not once per call of ``model``.
+        """
         targets_lib.check_target(target)
+        cache = self.__dict__.setdefault("_models", {})
+        if (path, target, conditional) not in cache:
+            cache[(path, target, conditional)] = self._make_model(path, target, conditional)
+        return cache[(path, target, conditional)]
+
+    def _make_model(self, path: Path, target: str, conditional: bool) -> Callable:
 
         def predict(x_t, t, labels=None):
             d, score = self.posterior(x_t, t, path, labels)

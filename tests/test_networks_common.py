@@ -27,7 +27,7 @@ TINY = {
              (8, 8, 3)),
     "dit": (DiT, dict(hidden=32, depth=2, num_heads=2, patch_size=2), (8, 8, 4)),
 }
-REMAT = ("unet", "dit")   # the MLP has no remat option
+REMAT = ("mlp", "unet", "dit")
 
 
 def make(name, **overrides):

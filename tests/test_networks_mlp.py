@@ -82,7 +82,7 @@ def test_conditional_labels_and_null_label():
     net = MLP(hidden=16, depth=2, num_classes=4)
     assert net.null_label == 4
     variables = net.init(KEY, x, t, jnp.zeros(B, jnp.int32))
-    assert variables["params"]["label_embed"]["embedding"].shape == (5, 16)  # num_classes + 1 rows
+    assert variables["params"]["label_embed"]["table"]["embedding"].shape == (5, 16)  # num_classes + 1 rows
     outs = [net.apply(variables, x, t, jnp.full(B, c, jnp.int32)) for c in range(5)]
     for i in range(5):
         assert bool(jnp.all(jnp.isfinite(outs[i])))

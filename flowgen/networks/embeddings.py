@@ -211,6 +211,8 @@ class LabelEmbedder(nn.Module):
 
     @nn.compact
     def __call__(self, labels):
+        # jnp.take wraps negative indices (−1 would silently become the null label): send them out of range.
+        labels = jnp.where(labels < 0, self.num_classes + 1, labels)
         return nn.Embed(self.num_classes + 1, self.dim, embedding_init=self.embedding_init, dtype=self.dtype,
                         param_dtype=self.param_dtype, name="table")(labels)
 

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from flowgen.networks.embeddings import EMBEDDINGS, TimestepEmbedder
+from flowgen.networks.embeddings import EMBEDDINGS, LabelEmbedder, TimestepEmbedder
 
 
 def param_count(data_dim: int, hidden: int = 256, depth: int = 3, num_classes: int | None = None) -> int:
@@ -55,6 +55,18 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+class _HiddenLayer(nn.Module):
+    """SiLU → Dense: one hidden layer (the unit ``remat`` wraps)."""
+
+    features: int
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h):
+        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(nn.silu(h))
+
+
 class MLP(nn.Module):
     """Time- (and optionally label-) conditioned MLP: ``apply(variables, x, t[, labels]) -> (batch, d)``.
 
@@ -66,6 +78,7 @@ class MLP(nn.Module):
         Fourier features, scale 16); see ``flowgen.networks.embeddings``.
       dtype: compute dtype (e.g. jnp.bfloat16); the output is cast back to x's dtype.
       param_dtype: parameter dtype (float32 by default).
+      remat: recompute each hidden layer's activations in the backward pass (``nn.remat``) to save memory.
 
     Call:
       x: (batch, d) floating point (or (batch, ...): trailing axes are flattened to d and restored); t: (batch,)
@@ -79,6 +92,7 @@ class MLP(nn.Module):
     time_embedding: str = "sinusoidal"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    remat: bool = False
 
     def __post_init__(self):
         if not (_is_int(self.hidden) and self.hidden >= 2):
@@ -125,18 +139,18 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: labels must be integers; got dtype {jnp.result_type(labels)}")
 
     @nn.compact
-    def __call__(self, x, t, labels=None):
+    def __call__(self, x, t, labels=None, *, train: bool = False):
+        del train  # no dropout: the same function in training and sampling (kept for one interface with UNet, DiT)
         self._check_inputs(x, t, labels)
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         dense = lambda features, name: nn.Dense(features, name=name, **dtypes)
         c = TimestepEmbedder(self.hidden, kind=self.time_embedding, name="time_embed", **dtypes)(t)
         if self.num_classes is not None:
-            # jnp.take wraps negative indices (−1 would silently be the null label): send them out of range.
-            labels = jnp.where(labels < 0, self.num_classes + 1, labels)
-            c = c + nn.Embed(self.num_classes + 1, self.hidden, name="label_embed", **dtypes)(labels)
+            c = c + LabelEmbedder(self.num_classes, self.hidden, name="label_embed", **dtypes)(labels)
         flat = jnp.reshape(x, (x.shape[0], -1))
         h = dense(self.hidden, "in_proj")(flat) + c
+        layer = nn.remat(_HiddenLayer) if self.remat else _HiddenLayer
         for i in range(self.depth - 1):
-            h = dense(self.hidden, f"hidden_{i}")(nn.silu(h))
+            h = layer(self.hidden, name=f"hidden_{i}", **dtypes)(h)
         out = dense(flat.shape[-1], "out_proj")(nn.silu(h))
         return jnp.reshape(out, x.shape).astype(x.dtype)

@@ -47,8 +47,14 @@ def _derivative(fn: Callable[[jax.Array], jax.Array], t: jax.Array) -> jax.Array
 def host_eval(fn: Callable, t) -> np.ndarray:
     """Evaluate ``fn(t)`` on the host in float64 (for grids and input checks), even inside a jit trace and whatever
     the global x64 setting."""
+    t = np.asarray(t, np.float64)
+    flat = t.reshape(-1)
+    # Pad to a power-of-two length so that grids of every length reuse the same few eager compilations.
+    size = 1 << max(int(flat.size) - 1, 0).bit_length()
+    padded = np.concatenate([flat, np.full(size - flat.size, flat[-1] if flat.size else 0.5)])
     with jax.enable_x64(True), jax.ensure_compile_time_eval():
-        return np.asarray(fn(jnp.asarray(t, jnp.float64)), dtype=np.float64)
+        out = np.asarray(fn(jnp.asarray(padded, jnp.float64)), dtype=np.float64)
+    return out[..., : flat.size].reshape(out.shape[:-1] + t.shape)
 
 
 def _float(t) -> jax.Array:
