@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 FAST = [
     "--config.model.kwargs.hidden=32", "--config.model.kwargs.depth=2", "--config.data.batch_size=64",
