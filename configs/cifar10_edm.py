@@ -12,12 +12,9 @@ EMA by a fixed decay matching the half-life rather than EDM's ramped schedule.
 Variant ``small``: a tiny U-Net for smoke runs.
 """
 
-import importlib.util
-import os
+from flowgen.train.config import load_config_module
 
-_spec = importlib.util.spec_from_file_location("cifar10_rf", os.path.join(os.path.dirname(__file__), "cifar10_rf.py"))
-_rf = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_rf)
+_rf = load_config_module(__file__, "cifar10_rf")
 
 
 def get_config(variant: str = ""):

@@ -6,12 +6,9 @@ EMA 0.999; batch 128, 4000 steps.
 Variant ``small``: a tiny U-Net, 4 steps.
 """
 
-import importlib.util
-import os
+from flowgen.train.config import load_config_module
 
-_spec = importlib.util.spec_from_file_location("digits_rf", os.path.join(os.path.dirname(__file__), "digits_rf.py"))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+_base = load_config_module(__file__, "digits_rf")
 
 
 def get_config(variant: str = ""):

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from flowgen.networks.embeddings import EMBEDDINGS, LabelEmbedder, TimestepEmbedder
+from flowgen.networks.embeddings import EMBEDDINGS, LabelEmbedder, TimestepEmbedder, check_conditioning
 
 
 def param_count(data_dim: int, hidden: int = 256, depth: int = 3, num_classes: int | None = None) -> int:
@@ -119,24 +119,7 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: x must have shape (batch, d) or (batch, ...); got shape {jnp.shape(x)}")
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
             raise ValueError(f"MLP: x must be floating point; got dtype {jnp.result_type(x)}")
-        batch = jnp.shape(x)[0]
-        if jnp.shape(t) != (batch,):
-            raise ValueError(f"MLP: t must have shape (batch,) = ({batch},); got shape {jnp.shape(t)}")
-        if self.num_classes is None:
-            if labels is not None:
-                raise ValueError("MLP: labels given to an unconditional net (num_classes=None)")
-            return
-        if labels is None:
-            raise ValueError(
-                f"MLP: a conditional net (num_classes={self.num_classes}) needs labels of shape (batch,); "
-                f"pass the null label {self.num_classes} for unconditional predictions"
-            )
-        if jnp.shape(labels) != (batch,):
-            raise ValueError(
-                f"MLP: labels must have shape (batch,) = ({batch},); got shape {jnp.shape(labels)}"
-            )
-        if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-            raise ValueError(f"MLP: labels must be integers; got dtype {jnp.result_type(labels)}")
+        check_conditioning("MLP", jnp.shape(x)[0], t, labels, self.num_classes)
 
     @nn.compact
     def __call__(self, x, t, labels=None, *, train: bool = False):

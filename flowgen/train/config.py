@@ -84,6 +84,19 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+def load_config_module(config_file: str, name: str):
+    """The config file ``name``.py next to ``config_file`` as a module, so that one config can build on another
+    (config files are loaded by path, not as a package)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"flowgen_config_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _choice(value, valid, key):
     if value not in valid:
         raise ValueError(f"{key}={value!r} is not one of: {', '.join(map(str, valid))}")
