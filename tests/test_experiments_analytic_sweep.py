@@ -13,6 +13,7 @@ import pytest
 # experiments/ is a top-level directory of the repository, not part of the installed flowgen package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from experiments import analytic_sweep as sweep  # noqa: E402
+from experiments import report  # noqa: E402
 
 # NFE each solver really spends for n steps on the quick sweep's grids (all of which end where the solver says).
 NFE = {"euler": lambda n: n, "heun": lambda n: 2 * n, "rk4": lambda n: 4 * n, "dpmpp_2m": lambda n: n,
@@ -34,7 +35,7 @@ def quick(tmp_path_factory):
 def test_quick_sweep_writes_every_file(quick):
     out, written = quick
     assert written == out
-    for name in sweep.RESULT_FILES:
+    for name in report.RESULT_FILES:
         assert (out / name).stat().st_size > 0, name
     assert (out / "nfe_vs_error.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     info = json.loads((out / "results.json").read_text())
@@ -53,7 +54,7 @@ def test_one_row_per_configuration(quick):
         (c.path, c.target, c.spec.name, str(c.steps)) for c in configs
     ]
     md = (out / "results.md").read_text()
-    header = "| " + " | ".join(sweep.COLUMNS) + " |"
+    header = "| " + " | ".join(report.COLUMNS) + " |"
     assert header in md
     table = md.split(header)[1].split("\n\n")[0].strip().splitlines()[1:]       # below the |---| line
     assert len(table) == len(configs)
@@ -91,12 +92,12 @@ def test_late_start_only_where_the_sampler_refuses_the_default_interval(quick):
 
 def test_second_run_does_not_destroy_the_first(quick):
     out, _ = quick
-    before = {name: (out / name).read_bytes() for name in sweep.RESULT_FILES}
+    before = {name: (out / name).read_bytes() for name in report.RESULT_FILES}
     small = ["--quick", "--paths", "vp_linear", "--solvers", "euler", "--steps", "2", "--num-samples", "64",
              "--no-plot", "--out", str(out)]
     second = sweep.main(small)
     assert second != out and second.parent == out
-    assert {name: (out / name).read_bytes() for name in sweep.RESULT_FILES} == before
+    assert {name: (out / name).read_bytes() for name in report.RESULT_FILES} == before
     [row] = read_rows(second)
     assert (row["path"], row["target"], row["nfe"], float(row["t_end"])) == ("vp_linear", "noise", "2", 0.999)
     third = sweep.main(small)                                # a third run gets yet another directory

@@ -13,15 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import flowgen as fg
-
-
-def sliced_w2(a: np.ndarray, b: np.ndarray, num_directions: int = 64, seed: int = 0) -> float:
-    """Sliced Wasserstein-2 between two equal-size point clouds (n, d)."""
-    rng = np.random.default_rng(seed)
-    dirs = rng.normal(size=(a.shape[1], num_directions))
-    dirs /= np.linalg.norm(dirs, axis=0, keepdims=True)
-    pa, pb = np.sort(a @ dirs, axis=0), np.sort(b @ dirs, axis=0)
-    return float(np.sqrt(np.mean((pa - pb) ** 2)))
+from flowgen.evals.sample_metrics import random_directions, sliced_w2
 
 
 def draw_samples(config, state, sample_apply, path, element_shape, num_classes, key, num: int):
@@ -54,7 +46,8 @@ def sample_and_report(config, workdir, step, state, sample_apply, path, data, nu
     import matplotlib.pyplot as plt
 
     if samples.ndim == 2:
-        metrics = {"sample/sliced_w2": sliced_w2(samples, reference[: len(samples)]), "sample/nfe": nfe}
+        metrics = {"sample/sliced_w2": sliced_w2(samples, reference[: len(samples)], random_directions(64, 2)),
+                   "sample/nfe": nfe}
         if jax.process_index() == 0:
             fig, ax = plt.subplots(figsize=(4, 4))
             ax.scatter(reference[:, 0], reference[:, 1], s=2, alpha=0.3, label="data")
