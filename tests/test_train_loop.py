@@ -168,6 +168,8 @@ BAD = [
     (["--config.loss.target=eps"], "unknown prediction target 'eps'"),
     (["--config.data.batch_size=12"], "not divisible by the number of devices (8)"),
     (["--config.mesh.fsdp=3"], "mesh.fsdp=3"),
+    (["--config.model.num_classes=5"], "model.num_classes=5 but dataset 'circle' has 8"),
+    (["--config.sample.ema=ema_0.5"], "sample.ema='ema_0.5' is not one of"),
 ]
 
 
