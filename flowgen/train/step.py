@@ -35,7 +35,7 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
             ema_name(d): jax.tree.map(lambda e, p, d=d: d * e + (1.0 - d) * p, state.ema[ema_name(d)], params)
             for d in decays
         }
-        metrics = {**aux, "loss": loss, "grad_norm": optax.global_norm(grads), "lr": schedule(state.step)}
+        metrics = {**aux, "loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state.step)}
         return TrainState(step=state.step + 1, params=params, opt_state=opt_state, ema=ema), metrics
 
     return train_step
