@@ -222,7 +222,31 @@ class TrigPath(Path):
 
 
 @dataclasses.dataclass(frozen=True)
-class VPLinearPath(Path):
+class VariancePreservingPath(Path):
+    """Base of the VP schedules: α from ``log_alpha`` (given by a subclass) and σ = sqrt(1 − α²), so α² + σ² = 1.
+
+        σ̇ = −α·α̇/σ,   λ = log α − ½·log(1 − α²),   α² = sigmoid(2λ).
+    """
+
+    def log_alpha(self, t):
+        raise NotImplementedError
+
+    def alpha(self, t):
+        return jnp.exp(self.log_alpha(t))
+
+    def sigma(self, t):
+        return jnp.sqrt(-jnp.expm1(2.0 * self.log_alpha(t)))
+
+    def d_sigma(self, t):
+        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
+
+    def log_snr(self, t):
+        la = self.log_alpha(t)
+        return la - 0.5 * jnp.log(-jnp.expm1(2.0 * la))
+
+
+@dataclasses.dataclass(frozen=True)
+class VPLinearPath(VariancePreservingPath):
     """Variance-preserving SDE with linear β (DDPM continuous; Song et al. 2021), in diffusion time s = 1 − t:
 
         β(s) = β_min + s·(β_max − β_min),   log α = −¼·s²·(β_max − β_min) − ½·s·β_min,   σ = sqrt(1 − α²).
@@ -239,22 +263,9 @@ class VPLinearPath(Path):
         s = 1.0 - _float(t)
         return -0.25 * s**2 * (self.beta_max - self.beta_min) - 0.5 * s * self.beta_min
 
-    def alpha(self, t):
-        return jnp.exp(self.log_alpha(t))
-
-    def sigma(self, t):
-        return jnp.sqrt(-jnp.expm1(2.0 * self.log_alpha(t)))
-
     def d_alpha(self, t):
         s = 1.0 - _float(t)
         return 0.5 * (self.beta_min + s * (self.beta_max - self.beta_min)) * self.alpha(t)
-
-    def d_sigma(self, t):
-        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
-
-    def log_snr(self, t):
-        la = self.log_alpha(t)
-        return la - 0.5 * jnp.log(-jnp.expm1(2.0 * la))
 
     def t_from_log_snr(self, log_snr):
         # α² = sigmoid(2λ), then solve the quadratic log α(s) for s (rationalised for stability).
@@ -265,7 +276,7 @@ class VPLinearPath(Path):
 
 
 @dataclasses.dataclass(frozen=True)
-class VPCosinePath(Path):
+class VPCosinePath(VariancePreservingPath):
     """Cosine VP schedule (Nichol & Dhariwal 2021), in diffusion time s = 1 − t:
 
         ᾱ(s) = f(s)/f(0),  f(s) = cos²(π/2 · (s + c)/(1 + c)),  c = 0.008,   α = sqrt(ᾱ),  σ = sqrt(1 − ᾱ).
@@ -287,22 +298,9 @@ class VPCosinePath(Path):
             math.cos(0.5 * math.pi * self.offset / (1.0 + self.offset))
         )
 
-    def alpha(self, t):
-        return jnp.exp(self.log_alpha(t))
-
-    def sigma(self, t):
-        return jnp.sqrt(-jnp.expm1(2.0 * self.log_alpha(t)))
-
     def d_alpha(self, t):
         # d/dt = −d/ds; dα/ds = −α·tan(angle)·(π/2)/(1 + c)
         return self.alpha(t) * jnp.tan(self._angle(t)) * (0.5 * jnp.pi / (1.0 + self.offset))
-
-    def d_sigma(self, t):
-        return -self.alpha(t) * self.d_alpha(t) / self.sigma(t)
-
-    def log_snr(self, t):
-        la = self.log_alpha(t)
-        return la - 0.5 * jnp.log(-jnp.expm1(2.0 * la))
 
     def t_from_log_snr(self, log_snr):
         log_alpha = 0.5 * jax.nn.log_sigmoid(2.0 * _float(log_snr))
