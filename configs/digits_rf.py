@@ -31,6 +31,14 @@ def get_config(variant: str = ""):
     return small(c) if variant == "small" else _no_variant(variant, c)
 
 
+def unconditional(c):
+    """The same recipe without labels: no label dropout, no guidance."""
+    c.model.num_classes = 0
+    c.loss.label_dropout = 0.0
+    c.sample.guidance = 0.0
+    return c
+
+
 def small(c):
     c.data.batch_size = 16
     c.model.kwargs = {"ch": 32, "ch_mult": (1,), "num_res_blocks": 1, "attn_resolutions": (), "dropout": 0.1}

@@ -10,10 +10,7 @@ _base = load_config_module(__file__, "digits_rf")
 
 
 def get_config(variant: str = ""):
-    c = _base.get_config(variant)
-    c.model.num_classes = 0
-    c.loss.label_dropout = 0.0
-    c.sample.guidance = 0.0
+    c = _base.unconditional(_base.get_config(variant))
     c.path.name = "vp_linear"
     c.loss.target = "noise"
     c.loss.weighting = "snr"
