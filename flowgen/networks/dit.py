@@ -198,6 +198,7 @@ class DiT(nn.Module):
     mlp_ratio: float = 4.0
     num_classes: int | None = None
     time_embedding: str = "sinusoidal"
+    time_scale: float = 1000.0   # sinusoidal features of time_scale·t (1 for EDM's c_noise = ¼·ln σ)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     remat: bool = False
@@ -253,7 +254,7 @@ class DiT(nn.Module):
         tokens = tokens.reshape(b, (h // p) * (w // p), d)
         tokens = tokens + jnp.asarray(sincos_pos_embed_2d(d, h // p, w // p), self.dtype)[None]
 
-        c = TimestepEmbedder(d, kind=self.time_embedding, freq_dim=FREQ_DIM,
+        c = TimestepEmbedder(d, kind=self.time_embedding, freq_dim=FREQ_DIM, time_scale=self.time_scale,
                              kernel_init=nn.initializers.normal(0.02), name="t_embedder", **kw)(t)
         if self.num_classes is not None:
             c = c + LabelEmbedder(self.num_classes, d, name="y_embedder", **kw)(labels)

@@ -90,6 +90,7 @@ class MLP(nn.Module):
     depth: int = 3
     num_classes: int | None = None
     time_embedding: str = "sinusoidal"
+    time_scale: float = 1000.0   # sinusoidal features of time_scale·t (1 for EDM's c_noise = ¼·ln σ)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     remat: bool = False
@@ -127,7 +128,8 @@ class MLP(nn.Module):
         self._check_inputs(x, t, labels)
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         dense = lambda features, name: nn.Dense(features, name=name, **dtypes)
-        c = TimestepEmbedder(self.hidden, kind=self.time_embedding, name="time_embed", **dtypes)(t)
+        c = TimestepEmbedder(self.hidden, kind=self.time_embedding, time_scale=self.time_scale, name="time_embed",
+                             **dtypes)(t)
         if self.num_classes is not None:
             c = c + LabelEmbedder(self.num_classes, self.hidden, name="label_embed", **dtypes)(labels)
         flat = jnp.reshape(x, (x.shape[0], -1))

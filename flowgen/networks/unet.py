@@ -192,6 +192,7 @@ class UNet(nn.Module):
     dropout: float = 0.1
     num_classes: int | None = None
     time_embedding: str = "sinusoidal"
+    time_scale: float = 1000.0   # sinusoidal features of time_scale·t (1 for EDM's c_noise = ¼·ln σ)
     resblock_updown: bool = False
     num_groups: int = 32
     dtype: jnp.dtype = jnp.float32
@@ -271,7 +272,7 @@ class UNet(nn.Module):
         ch, levels, attn_res = self.ch, len(self.ch_mult), tuple(self.attn_resolutions)
 
         emb = TimestepEmbedder(4 * ch, kind=self.time_embedding, freq_dim=ch, kernel_init=DEFAULT_INIT,
-                               name="time_embed", **kw)(t)
+                               time_scale=self.time_scale, name="time_embed", **kw)(t)
         if self.num_classes is not None:
             emb = emb + LabelEmbedder(self.num_classes, 4 * ch, name="label_embed", **kw)(labels)
 

@@ -21,6 +21,9 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 def build_network(model_cfg, num_classes: int | None):
     kwargs = dict(model_cfg.kwargs.to_dict()) if hasattr(model_cfg.kwargs, "to_dict") else dict(model_cfg.kwargs)
     kwargs["dtype"] = DTYPES[model_cfg.dtype]
+    if model_cfg.precond == "edm":
+        # EDM feeds c_noise = ¼·ln σ (about −1.6 .. 1.1) as the time input and embeds it unscaled (Karras et al.).
+        kwargs.setdefault("time_scale", 1.0)
     name = model_cfg.name
     if name == "mlp":
         return networks.MLP(num_classes=num_classes, **kwargs)
