@@ -33,10 +33,10 @@ EDM's DDPM++, ``SongUNet``): ``resblock_updown=True`` replaces Down/Up by BigGAN
 both branches after the first GN+SiLU (2×2 average pooling / nearest ×2, i.e. score_sde's ``fir=False`` and
 EDM's ``resample_filter=[1, 1]``) and always use a 1×1 shortcut; ``skip_rescale=True`` divides every residual
 sum (ResBlocks and attention) by √2; ``up_attention="per_level"`` puts one attention block at the end of each
-decoder level instead of one after every decoder ResBlock (NCSN++'s decoder; EDM: attention only in the last
-block of a level); ``attn_init_scale=0.1`` initialises q, k, v with variance scale 0.1 (score_sde's ``NIN``
-default; EDM's qkv weight gain √0.2 over 4·C fan gives the same variance 0.1/C). NCSN++'s progressive in/out
-paths and FIR resampling are not implemented (DDPM++ uses neither).
+decoder level instead of one after every decoder ResBlock (score_sde's ncsnpp.py; EDM: attention only in the last
+block of a level); ``attn_init_scale=0.1`` initialises q, k, v with variance scale 0.1, i.e. variance 0.1/C
+(score_sde's ``NIN`` default; EDM's fused qkv, Xavier-uniform over fans C and 3·C with gain √0.2, has the same).
+NCSN++'s progressive in/out paths and FIR resampling are not implemented (DDPM++ uses neither).
 
 Initialisation as in DDPM: every conv/dense is variance_scaling(1, fan_avg, uniform) (q, k, v: attn_init_scale);
 the last conv of each ResBlock, the attention projection and the output conv use scale 1e-10 (DDPM's
