@@ -2,13 +2,15 @@
 
 Published with this model family: DPM-Solver 4.70 FID at 10 NFE and 2.87 at 20 NFE on score_sde's VP checkpoint
 (Lu et al. 2022, 50k samples, unconditional; ANCHORS.md). Recipe: VP path, linear β 0.1→20, ε-prediction with the
-plain ε-loss ("snr" weighting), t uniform on [0, 1 − 1e-5] (score_sde's ε = 1e-5 for training); U-Net ch 128,
-ch_mult 1-2-2-2, 4 residual blocks, attention at 16×16, BigGAN-style residual up/down-sampling, dropout 0.1, skip
-rescaling; Adam 2e-4, 5000 warm-up steps, grad clip 1, EMA 0.9999; batch 128; random flips; 1.3M steps.
+plain ε-loss ("snr" weighting), t uniform on [0, 1 − 1e-5] (score_sde's ε = 1e-5 for training); score_sde's DDPM++
+U-Net (``UNET_PRESETS["ddpmpp_cifar10"]``, 61,804,419 parameters as in score_sde: ch 128, ch_mult 1-2-2-2,
+4 residual blocks, attention at 16×16, BigGAN-style residual up/down-sampling, dropout 0.1, skip rescaling);
+Adam 2e-4, 5000 warm-up steps, grad clip 1, EMA 0.9999; batch 128; random flips; 1.3M steps.
 Sampler: DPM-Solver++(2M), logSNR grid, 20 steps (20 NFE).
 Variant ``small``: a tiny U-Net for smoke runs.
 """
 
+from flowgen.networks import UNET_PRESETS
 from flowgen.train.config import load_config_module
 
 _rf = load_config_module(__file__, "cifar10_rf")
@@ -16,8 +18,7 @@ _rf = load_config_module(__file__, "cifar10_rf")
 
 def get_config(variant: str = ""):
     c = _rf.get_config()
-    c.model.kwargs = {"ch": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 4, "attn_resolutions": (16,),
-                      "dropout": 0.1, "resblock_updown": True, "skip_rescale": True}
+    c.model.kwargs = dict(UNET_PRESETS["ddpmpp_cifar10"])
     c.path.name = "vp_linear"
     c.path.kwargs = {"t_max": 1.0 - 1e-5}
     c.loss.target = "noise"

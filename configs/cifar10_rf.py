@@ -1,15 +1,16 @@
 """CIFAR-10 1-rectified flow, after Liu et al. 2023 (RectifiedFlow's cifar10_rf_gaussian_ddpmpp recipe).
 
 Published: FID 2.58 at 127 NFE (adaptive RK45), 50k samples, unconditional (ANCHORS.md). Recipe: linear path,
-velocity target, uniform t, independent coupling; DDPM++-style U-Net (ch 128, ch_mult 1-2-2-2, 4 residual blocks per
-resolution, attention at 16×16, BigGAN-style up/down-sampling residual blocks, dropout 0.15, skip rescaling);
+velocity target, uniform t, independent coupling; the DDPM++ U-Net of score_sde (``UNET_PRESETS["ddpmpp_cifar10"]``,
+61,804,419 parameters as in RectifiedFlow's model: ch 128, ch_mult 1-2-2-2, 4 residual blocks per resolution,
+attention at 16×16, once per decoder level, BigGAN-style up/down-sampling residual blocks without FIR filters, skip
+rescaling, features of 999·t) with dropout 0.15;
 Adam lr 2e-4, β = (0.9, 0.999), ε = 1e-8, 5000 warm-up steps, grad clip 1, EMA 0.999999 (and 0.9999); effective
 batch 128 (global, over all devices); random horizontal flips; 800k steps. Sampler: dopri5 (rtol = atol = 1e-5).
-Departures from the original, stated: no FIR up/down-sampling filters and no progressive input/output paths
-(NCSN++ options); the U-Net here is flowgen's DDPM/DDPM++ U-Net.
 Variant ``small``: a tiny U-Net for smoke runs (2 steps, batch 8).
 """
 
+from flowgen.networks import UNET_PRESETS
 from flowgen.train.config import base_config
 
 
@@ -19,8 +20,7 @@ def get_config(variant: str = ""):
     c.data.batch_size = 128
     c.data.random_flip = True
     c.model.name = "unet"
-    c.model.kwargs = {"ch": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 4, "attn_resolutions": (16,),
-                      "dropout": 0.15, "resblock_updown": True, "skip_rescale": True}
+    c.model.kwargs = {**UNET_PRESETS["ddpmpp_cifar10"], "dropout": 0.15}
     c.path.name = "linear"
     c.loss.target = "velocity"
     c.optim.lr = 2e-4

@@ -5,11 +5,15 @@ Two standard fixed (parameter-free) feature maps, and a small MLP on top of eith
 ``sinusoidal_embedding`` (Vaswani et al. 2017, as used for diffusion time by Ho et al. 2020 and DiT). With
 ``half = dim // 2`` and ``i = 0 … half − 1``:
 
-    ω_i = max_period^(−i / half)
+    ω_i = max_period^(−i / n),   n = half (DiT, the default) or half − 1 (``endpoint=True``)
     emb(t) = [cos(s·t·ω_0), …, cos(s·t·ω_{half−1}),  sin(s·t·ω_0), …, sin(s·t·ω_{half−1})]
     (one more zero column if dim is odd)
 
-where ``s = time_scale``. The angular frequencies run from ``s`` down to ``s / max_period^(1 − 1/half)``.
+where ``s = time_scale``. The angular frequencies run from ``s`` down to ``s / max_period^(1 − 1/half)``, or
+exactly down to ``s / max_period`` with ``endpoint=True``: the frequencies of DDPM's, score_sde's and EDM's
+U-Nets (their ``get_timestep_embedding`` divides by half − 1; EDM's ``PositionalEmbedding(endpoint=True)``).
+Those list sin before cos; the order is a fixed permutation of the columns, which the Dense layer that follows
+absorbs exactly.
 Our time lives in [0, 1] (t = 0 noise, t = 1 data), so the default ``time_scale = 1000`` maps it onto DDPM's
 1000 integer steps, the range the default ``max_period = 10_000`` was designed for: the fastest feature
 resolves Δt ≈ 1e-3 and the slowest is almost constant over [0, 1].
@@ -67,7 +71,7 @@ def _pad_odd(emb: jnp.ndarray, dim: int) -> jnp.ndarray:
 
 
 def sinusoidal_embedding(t, dim: int, max_period: float = 10_000.0,
-                         time_scale: float = 1000.0) -> jnp.ndarray:
+                         time_scale: float = 1000.0, endpoint: bool = False) -> jnp.ndarray:
     """Transformer/DDPM sinusoidal features of ``time_scale·t`` (formula in the module docstring).
 
     Args:
@@ -75,6 +79,8 @@ def sinusoidal_embedding(t, dim: int, max_period: float = 10_000.0,
       dim: number of features (an odd dim gets one zero column).
       max_period: ratio between the fastest and (about) the slowest frequency.
       time_scale: t is multiplied by it first (1000: t ∈ [0, 1] read as DDPM's integer steps).
+      endpoint: exponents i/(half − 1) instead of i/half, so the slowest frequency is exactly
+        time_scale/max_period (DDPM's U-Net; needs dim >= 4).
 
     Returns:
       float32 array of shape (batch, dim).
@@ -84,7 +90,10 @@ def sinusoidal_embedding(t, dim: int, max_period: float = 10_000.0,
     if not max_period > 1:
         raise ValueError(f"max_period must be > 1; got {max_period!r}")
     half = dim // 2
-    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / half) * time_scale
+    if endpoint and half < 2:
+        raise ValueError(f"endpoint=True needs dim >= 4 (two frequencies); got dim={dim}")
+    n = half - 1 if endpoint else half
+    freqs = np.exp(-math.log(max_period) * np.arange(half, dtype=np.float64) / n) * time_scale
     args = t[:, None] * jnp.asarray(freqs, jnp.float32)[None, :]
     return _pad_odd(jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1), dim)
 
@@ -121,10 +130,11 @@ class SinusoidalEmbedding(nn.Module):
     dim: int
     max_period: float = 10_000.0
     time_scale: float = 1000.0
+    endpoint: bool = False
 
     @nn.compact
     def __call__(self, t):
-        return sinusoidal_embedding(t, self.dim, self.max_period, self.time_scale)
+        return sinusoidal_embedding(t, self.dim, self.max_period, self.time_scale, self.endpoint)
 
 
 class GaussianFourierEmbedding(nn.Module):
@@ -152,7 +162,7 @@ class TimestepEmbedder(nn.Module):
     Attributes:
       dim: width of the features and of both Dense layers.
       kind: "sinusoidal" or "fourier".
-      max_period, time_scale: for "sinusoidal"; fourier_scale, fourier_seed: for "fourier".
+      max_period, time_scale, endpoint: for "sinusoidal"; fourier_scale, fourier_seed: for "fourier".
       dtype: compute dtype of the Dense layers (the features themselves are float32).
       param_dtype: dtype of the Dense parameters.
       freq_dim: number of feature columns (None: ``dim``).
@@ -163,6 +173,7 @@ class TimestepEmbedder(nn.Module):
     kind: str = "sinusoidal"
     max_period: float = 10_000.0
     time_scale: float = 1000.0
+    endpoint: bool = False
     fourier_scale: float = 16.0
     fourier_seed: int = 0
     dtype: jnp.dtype = jnp.float32
@@ -174,7 +185,7 @@ class TimestepEmbedder(nn.Module):
     def __call__(self, t):
         freq_dim = self.dim if self.freq_dim is None else self.freq_dim
         if self.kind == "sinusoidal":
-            emb = sinusoidal_embedding(t, freq_dim, self.max_period, self.time_scale)
+            emb = sinusoidal_embedding(t, freq_dim, self.max_period, self.time_scale, self.endpoint)
         elif self.kind == "fourier":
             emb = fourier_embedding(t, freq_dim, self.fourier_scale, self.fourier_seed)
         else:

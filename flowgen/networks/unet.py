@@ -12,7 +12,8 @@ Architecture (``C = ch``, ``L = len(ch_mult)``, ``R = num_res_blocks``, ``E = 4�
         if i < L−1: h = Down(h); hs.append(h)                    (B, H/2^(i+1), W/2^(i+1), ·)
     h = ResBlock(Attn(ResBlock(h, emb)), emb)                    middle, at resolution H/2^(L−1)
     for level i = L−1 … 0
-        (R + 1) × { h = ResBlock(concat[h, hs.pop()], emb); h = Attn(h) if in attn_resolutions }
+        (R + 1) × { h = ResBlock(concat[h, hs.pop()], emb); h = Attn(h) if in attn_resolutions }   "per_block"
+        (or, up_attention="per_level": R + 1 ResBlocks, then one Attn if in attn_resolutions)
         if i > 0: h = Up(h)
     out = Conv3x3(C_in)(SiLU(GroupNorm(h)))  (B, H, W, C_in)  cast back to x's dtype
 
@@ -24,17 +25,33 @@ Architecture (``C = ch``, ``L = len(ch_mult)``, ``R = num_res_blocks``, ``E = 4�
     Down:              Conv3x3 with stride 2 (padding 0 before / 1 after, TensorFlow's "SAME")
     Up:                nearest-neighbour ×2, then Conv3x3
 
-DDPM++ options: ``resblock_updown=True`` replaces Down/Up by BigGAN-style ResBlocks that resample both branches
-after the first GN+SiLU (2×2 average pooling / nearest ×2, i.e. score_sde's ``fir=False``) and always use a 1×1
-shortcut; ``skip_rescale=True`` divides every residual sum by √2. (DDPM++ on CIFAR-10 uses both, with
-``num_res_blocks=4``; NCSN++'s progressive in/out paths and FIR resampling are not implemented.)
+Time features: sinusoidal features of ``time_scale·t`` with DDPM's frequencies ``max_period^(−i/(C/2 − 1))``
+(``endpoint=True`` in ``flowgen.networks.embeddings``), or Gaussian Fourier features.
 
-Initialisation as in DDPM: every conv/dense is variance_scaling(1, fan_avg, uniform); the last conv of each
-ResBlock, the attention projection and the output conv use scale 1e-10 (DDPM's ``init_scale=0``), so every
-block starts close to the identity and the output close to zero.
+DDPM++ options (Song et al. 2021; all four on in score_sde's ``configs/vp/cifar10_ddpmpp_continuous`` and in
+EDM's DDPM++, ``SongUNet``): ``resblock_updown=True`` replaces Down/Up by BigGAN-style ResBlocks that resample
+both branches after the first GN+SiLU (2×2 average pooling / nearest ×2, i.e. score_sde's ``fir=False`` and
+EDM's ``resample_filter=[1, 1]``) and always use a 1×1 shortcut; ``skip_rescale=True`` divides every residual
+sum (ResBlocks and attention) by √2; ``up_attention="per_level"`` puts one attention block at the end of each
+decoder level instead of one after every decoder ResBlock (score_sde's ncsnpp.py; EDM: attention only in the last
+block of a level); ``attn_init_scale=0.1`` initialises q, k, v with variance scale 0.1, i.e. variance 0.1/C
+(score_sde's ``NIN`` default; EDM's fused qkv, Xavier-uniform over fans C and 3·C with gain √0.2, has the same).
+NCSN++'s progressive in/out paths and FIR resampling are not implemented (DDPM++ uses neither).
 
-Parameter count: the CIFAR-10 model of Ho et al. (``UNET_PRESETS["ddpm_cifar10"]``: ch=128, ch_mult=(1, 2, 2, 2),
-R=2, attention at 16×16, 32×32×3 inputs) has 35,746,307 parameters; the paper states 35.7 M.
+Initialisation as in DDPM: every conv/dense is variance_scaling(1, fan_avg, uniform) (q, k, v: attn_init_scale);
+the last conv of each ResBlock, the attention projection and the output conv use scale 1e-10 (DDPM's
+``init_scale=0``; EDM's gain 1e-5), so every block starts close to the identity and the output close to zero.
+
+Parameter counts on 32×32×3 inputs (``UNET_PRESETS``), equal to the reference implementations':
+  ``ddpm_cifar10`` (Ho et al.: ch=128, ch_mult=(1, 2, 2, 2), R=2, attention at 16×16): 35,746,307, the count of
+    the official checkpoint (diffusion_tf ``run_cifar.py``, converted as diffusers' google/ddpm-cifar10-32);
+    the paper states 35.7 M. (score_sde's own DDPM re-implementation has per-level decoder attention: 35,218,947.)
+  ``ddpmpp_cifar10`` (score_sde ``configs/vp/cifar10_ddpmpp_continuous`` → ``models/ncsnpp.py``; the same
+    network is RectifiedFlow's ``configs/rectified_flow/cifar10_rf_gaussian_ddpmpp.py``): 61,804,419.
+  ``edm_ddpmpp_cifar10`` (NVlabs/edm ``training/networks.py`` SongUNet with ``train.py --arch=ddpmpp``:
+    model_channels=128, channel_mult=[2, 2, 2], 4 blocks, attention at 16): 55,732,739. EDM's trained network
+    has 55,733,891: 1,152 more for ``map_augment``, the 9 → 128 linear layer of its augmentation labels
+    (``augment_dim=9`` whenever ``--augment`` > 0), which flowgen has no use for (no augmentation pipeline).
 
 Resolutions: a resolution is a feature-map height (DDPM's ``h.shape[1] in attn_resolutions``); the levels have
 heights H, H/2, …, H/2^(L−1), and H and W must be divisible by 2^(L−1). Errors in the configuration raise a
@@ -61,11 +78,19 @@ from flowgen.networks.embeddings import EMBEDDINGS, LabelEmbedder, TimestepEmbed
 DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 ZERO_INIT = nn.initializers.variance_scaling(1e-10, "fan_avg", "uniform")   # DDPM's init_scale=0
 
-# Presets (keyword arguments of UNet), chosen by name.
+# Presets (keyword arguments of UNet), chosen by name; parameter counts and sources in the module docstring.
+_DDPMPP = dict(ch=128, num_res_blocks=4, attn_resolutions=(16,), resblock_updown=True, skip_rescale=True,
+               up_attention="per_level", attn_init_scale=0.1)
 UNET_PRESETS = {
-    # Ho et al. 2020, CIFAR-10 (32×32×3): 35.7 M parameters.
+    # Ho et al. 2020, CIFAR-10 (32×32×3): 35,746,307 parameters.
     "ddpm_cifar10": dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1),
+    # DDPM++ cont. (Song et al. 2021): 61,804,419. score_sde and RectifiedFlow feed the net 999·t.
+    "ddpmpp_cifar10": dict(_DDPMPP, ch_mult=(1, 2, 2, 2), dropout=0.1, time_scale=999.0),
+    # EDM's DDPM++ (Karras et al. 2022, config F): 55,732,739 (+1,152 augmentation-label weights in EDM).
+    # The time input is EDM's c_noise = ¼·ln σ, embedded unscaled (time_scale=1, set with EDM preconditioning).
+    "edm_ddpmpp_cifar10": dict(_DDPMPP, ch_mult=(2, 2, 2), dropout=0.13),
 }
+UP_ATTENTION = ("per_block", "per_level")
 
 
 def _is_int(v) -> bool:
@@ -120,6 +145,7 @@ class AttnBlock(nn.Module):
 
     num_groups: int = 32
     skip_rescale: bool = False
+    init_scale: float = 1.0   # of q, k, v (DDPM 1, DDPM++ 0.1)
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -128,7 +154,8 @@ class AttnBlock(nn.Module):
         b, hh, ww, c = x.shape
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.GroupNorm(self.num_groups, epsilon=1e-6, name="norm", **kw)(x)
-        q, k, v = (nn.Dense(c, kernel_init=DEFAULT_INIT, name=n, **kw)(h).reshape(b, hh * ww, 1, c)
+        init = nn.initializers.variance_scaling(self.init_scale, "fan_avg", "uniform")
+        q, k, v = (nn.Dense(c, kernel_init=init, name=n, **kw)(h).reshape(b, hh * ww, 1, c)
                    for n in ("q", "k", "v"))
         h = jax.nn.dot_product_attention(q, k, v).reshape(b, hh, ww, c)   # scale 1/√C, softmax in float32
         out = x + nn.Dense(c, kernel_init=ZERO_INIT, name="proj_out", **kw)(h)
@@ -175,6 +202,9 @@ class UNet(nn.Module):
       time_embedding: "sinusoidal" (DDPM's features of 1000·t) or "fourier" (Gaussian random Fourier features).
       resblock_updown: DDPM++'s BigGAN-style resampling ResBlocks instead of Down/Up.
       skip_rescale: divide residual sums by √2 (DDPM++).
+      up_attention: "per_block" (DDPM: attention after every decoder ResBlock at an attention resolution) or
+        "per_level" (DDPM++: one attention block after the last ResBlock of such a decoder level).
+      attn_init_scale: variance scale of the q, k, v initialisers (DDPM 1, DDPM++ 0.1).
       num_groups: GroupNorm groups; must divide C·m for every m in ch_mult.
       dtype: compute dtype (e.g. jnp.bfloat16); param_dtype: parameter dtype (float32).
       remat: wrap every ResBlock/attention block in ``nn.remat``.
@@ -199,10 +229,13 @@ class UNet(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     remat: bool = False
     skip_rescale: bool = False
+    up_attention: str = "per_block"
+    attn_init_scale: float = 1.0
 
     def __post_init__(self):
-        if not (_is_int(self.ch) and self.ch >= 1):
-            raise ValueError(f"UNet: ch must be an integer >= 1; got {self.ch!r}")
+        if not (_is_int(self.ch) and self.ch >= 4):
+            raise ValueError(f"UNet: ch must be an integer >= 4 (it is also the number of time features); "
+                             f"got {self.ch!r}")
         mult = tuple(self.ch_mult) if isinstance(self.ch_mult, (tuple, list)) else None
         if not mult or not all(_is_int(m) and m >= 1 for m in mult):
             raise ValueError(f"UNet: ch_mult must be a non-empty sequence of integers >= 1; got {self.ch_mult!r}")
@@ -221,6 +254,10 @@ class UNet(nn.Module):
         if self.time_embedding not in EMBEDDINGS:
             raise ValueError(
                 f"UNet: unknown time_embedding {self.time_embedding!r}; valid: {', '.join(EMBEDDINGS)}")
+        if self.up_attention not in UP_ATTENTION:
+            raise ValueError(f"UNet: unknown up_attention {self.up_attention!r}; valid: {', '.join(UP_ATTENTION)}")
+        if not (isinstance(self.attn_init_scale, (int, float)) and self.attn_init_scale > 0):
+            raise ValueError(f"UNet: attn_init_scale must be a positive number; got {self.attn_init_scale!r}")
         if not (_is_int(self.num_groups) and self.num_groups >= 1):
             raise ValueError(f"UNet: num_groups must be an integer >= 1; got {self.num_groups!r}")
         widths = sorted({self.ch * m for m in mult})
@@ -268,11 +305,11 @@ class UNet(nn.Module):
         Attn = nn.remat(AttnBlock) if self.remat else AttnBlock
         res = lambda out_ch, name, **k: Res(out_ch, self.num_groups, self.dropout, not train,
                                              skip_rescale=self.skip_rescale, name=name, **k, **kw)
-        attn = lambda name: Attn(self.num_groups, self.skip_rescale, name=name, **kw)
+        attn = lambda name: Attn(self.num_groups, self.skip_rescale, self.attn_init_scale, name=name, **kw)
         ch, levels, attn_res = self.ch, len(self.ch_mult), tuple(self.attn_resolutions)
 
         emb = TimestepEmbedder(4 * ch, kind=self.time_embedding, freq_dim=ch, kernel_init=DEFAULT_INIT,
-                               time_scale=self.time_scale, name="time_embed", **kw)(t)
+                               time_scale=self.time_scale, endpoint=True, name="time_embed", **kw)(t)
         if self.num_classes is not None:
             emb = emb + LabelEmbedder(self.num_classes, 4 * ch, name="label_embed", **kw)(labels)
 
@@ -297,7 +334,7 @@ class UNet(nn.Module):
         for i in reversed(range(levels)):
             for j in range(self.num_res_blocks + 1):
                 h = res(ch * self.ch_mult[i], f"up_{i}_block_{j}")(jnp.concatenate([h, hs.pop()], axis=-1), emb)
-                if h.shape[1] in attn_res:
+                if h.shape[1] in attn_res and (self.up_attention == "per_block" or j == self.num_res_blocks):
                     h = attn(f"up_{i}_attn_{j}")(h)
             if i != 0:
                 if self.resblock_updown:
