@@ -1,18 +1,20 @@
-"""UniPC (Zhao et al. 2023): unified predictor–corrector multistep solver, B(h) = e^{−h} − 1 ("bh2"), data
-prediction, on any affine path.
+"""UniPC (Zhao et al. 2023): unified predictor–corrector multistep solver, data prediction, on any affine path.
 
 Step from s = t_i to t = t_{i+1}, h = λ_t − λ_s, with the data predictions m_s, m_{i−1}, … at earlier times:
 
-    r_k = (λ_{i−k} − λ_s)/h,   D_k = (m_{i−k} − m_s)/r_k,   φ₁ = e^{−h} − 1,  B(h) = e^{−h} − 1
-    R_{jk} = r_k^j,  b_j = j!·ψ_{j+1}(−h)/B(h)   with ψ₁(z) = (e^z − 1)/z − 1,  ψ_{j+1}(z) = ψ_j(z)/z − 1/(j+1)!
+    r_k = (λ_{i−k} − λ_s)/h,   D_k = (m_{i−k} − m_s)/r_k,   φ₁ = e^{−h} − 1,
+    B(h) = −h ("bh1") or e^{−h} − 1 ("bh2"),   R_{jk} = r_k^{j−1},   b_j = j!·ψ_j(−h)/B(h)
+    with ψ₁(z) = (e^z − 1)/z − 1,  ψ_{j+1}(z) = ψ_j(z)/z − 1/(j+1)!   (ψ_j(z) = z·φ_{j+1}(z))
     UniP (predictor):  x_t = (σ_t/σ_s)·x_s − α_t·φ₁·m_s − α_t·B(h)·Σ_k ρᵖ_k·D_k,      R[:p−1, :p−1]·ρᵖ = b[:p−1]
     UniC (corrector):  x_t ← (σ_t/σ_s)·x_s − α_t·φ₁·m_s − α_t·B(h)·(Σ_k ρᶜ_k·D_k + ρᶜ_p·(m_t − m_s)),  R·ρᶜ = b
 
 where m_t is the data prediction at the predicted x_t (r = 1 for it). That evaluation is the next step's m_s, so the
-corrector costs no extra call; the last step skips it. NFE = number of steps. With p = ``solver_order`` the
-corrected solution is of order p + 1 in the step size (Zhao et al., Theorem 3.3); ρᵖ = ½ for p = 2 as in the
-reference implementation. Warm-up uses orders 1, 2, …; runs shorter than 10 steps lower the order on the last
-steps (``lower_order_final``); a step into σ = 0 (h = ∞) is first order.
+corrector costs no extra call; the last step skips it, as in the authors' code: NFE = number of steps. With
+p = ``solver_order`` the corrected solution is of order p + 1 in the step size (Zhao et al., Theorem 3.3);
+ρᵖ = ½ for p = 2 and ρᶜ = ½ for p = 1, as in the authors' code. The defaults (``variant="bh1"``, ``solver_order=2``,
+``lower_order_final=True``) are theirs; the order of each step follows ``diffusion.multistep_order``: warm-up
+with orders 1, 2, …, and with ``lower_order_final`` order ≤ steps left at every step count (so the last step is a
+first-order, uncorrected step). A step into σ = 0 (h = ∞) is first order.
 """
 
 from __future__ import annotations
@@ -24,13 +26,16 @@ import jax
 import jax.numpy as jnp
 
 from flowgen.solvers.base import Context, Solver
+from flowgen.solvers.diffusion import multistep_order
+
+VARIANTS = ("bh1", "bh2")
 
 
-def _uni_coefficients(h, rks, order: int):
-    """ρᵖ (order − 1 values) and ρᶜ (order values) for UniPC-bh2 of the given static order; rks: (order − 1,)."""
+def _uni_coefficients(h, rks, order: int, variant: str):
+    """ρᵖ (order − 1 values), ρᶜ (order values) and B(h) for UniPC of the given static order; rks: (order − 1,)."""
     hh = -h
     h_phi_1 = jnp.expm1(hh)
-    b_h = jnp.expm1(hh)
+    b_h = hh if variant == "bh1" else h_phi_1
     h_phi_k = h_phi_1 / hh - 1.0
     r_all = jnp.concatenate([rks, jnp.ones((1,), h.dtype)])
     rows, b = [], []
@@ -47,16 +52,17 @@ def _uni_coefficients(h, rks, order: int):
     else:
         rho_p = jnp.full((1,), 0.5, h.dtype) if order == 2 else jnp.linalg.solve(big_r[:-1, :-1], b[:-1])
         rho_c = jnp.linalg.solve(big_r, b)
-    return rho_p, rho_c
+    return rho_p, rho_c, b_h
 
 
 @dataclasses.dataclass(frozen=True)
 class UniPC(Solver):
-    """UniPC-bh2 multistep predictor–corrector with data prediction (see module docstring)."""
+    """UniPC multistep predictor–corrector with data prediction (see the module docstring); ``variant`` ∈ VARIANTS."""
 
     name: ClassVar[str] = "unipc"
     solver_order: int = 2
     lower_order_final: bool = True
+    variant: str = "bh1"
 
     @property
     def order(self) -> int:  # type: ignore[override]
@@ -65,6 +71,10 @@ class UniPC(Solver):
     def check(self):
         if self.solver_order not in (1, 2, 3):
             raise ValueError(f"unipc: solver_order must be 1, 2 or 3; got {self.solver_order!r}")
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unipc: variant must be one of {', '.join(VARIANTS)}; got {self.variant!r}")
+        if not isinstance(self.lower_order_final, bool):
+            raise ValueError(f"unipc: lower_order_final must be True or False; got {self.lower_order_final!r}")
 
     def init(self, ctx, x, t0):
         p = self.solver_order
@@ -83,9 +93,7 @@ class UniPC(Solver):
         finite = jnp.isfinite(h)
         safe_h = jnp.where(finite, h, 1.0)
         p = self.solver_order
-        order = jnp.minimum(index + 1, p)
-        if self.lower_order_final:
-            order = jnp.where(index + remaining < 10, jnp.minimum(order, remaining), order)
+        order = multistep_order(p, index, remaining, self.lower_order_final)
         n_finite_hist = jnp.sum(jnp.cumprod(jnp.isfinite(lam_hist)).astype(jnp.int32))
         order = jnp.minimum(order, 1 + n_finite_hist)
         order = jnp.where(finite, order, 1)
@@ -94,21 +102,19 @@ class UniPC(Solver):
         rks = (safe_lam_hist - lam_s) / safe_h                      # (p − 1,), negative
         d1s = (hist - m_s[None]) / jnp.reshape(rks, (-1,) + (1,) * x.ndim)
         x_base = (s1 / s0) * x - a1 * jnp.expm1(-h) * m_s           # first-order (DDIM) part
-        b_h = jnp.expm1(-safe_h)
-        alpha_bh = a1 * b_h
 
         def predict(k):
             if k == 1:
                 return x_base
-            rho_p, _ = _uni_coefficients(safe_h, rks[: k - 1], k)
-            return x_base - alpha_bh * jnp.tensordot(rho_p, d1s[: k - 1], axes=1)
+            rho_p, _, b_h = _uni_coefficients(safe_h, rks[: k - 1], k, self.variant)
+            return x_base - a1 * b_h * jnp.tensordot(rho_p, d1s[: k - 1], axes=1)
 
         def correct(k, m_t):
-            _, rho_c = _uni_coefficients(safe_h, rks[: k - 1], k)
+            _, rho_c, b_h = _uni_coefficients(safe_h, rks[: k - 1], k, self.variant)
             corr = rho_c[-1] * (m_t - m_s)
             if k > 1:
                 corr = corr + jnp.tensordot(rho_c[:-1], d1s[: k - 1], axes=1)
-            return x_base - alpha_bh * corr
+            return x_base - a1 * b_h * corr
 
         def select(values):
             out = values[0]
