@@ -9,7 +9,7 @@ batch 512; 200M images (390,625 steps); x-flips. Sampler: EDM's Heun on the ρ =
 then σ = 0 → 35 NFE. The path is linear, where σ/α = (1 − t)/t spans EDM's whole σ range.
 Departures, stated: no non-leaking geometric augmentation pipeline (EDM uses it with probability 0.12 on CIFAR-10);
 EMA by a fixed decay matching the half-life rather than EDM's ramped schedule.
-Variant ``small``: a tiny U-Net for smoke runs.
+Variant ``small``: a tiny U-Net for smoke runs on TFDS's mock data (``data.mock``), offline.
 """
 
 from flowgen.train.config import load_config_module

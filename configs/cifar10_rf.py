@@ -7,7 +7,7 @@ Adam lr 2e-4, β = (0.9, 0.999), ε = 1e-8, 5000 warm-up steps, grad clip 1, EMA
 batch 128 (global, over all devices); random horizontal flips; 800k steps. Sampler: dopri5 (rtol = atol = 1e-5).
 Departures from the original, stated: no FIR up/down-sampling filters and no progressive input/output paths
 (NCSN++ options); the U-Net here is flowgen's DDPM/DDPM++ U-Net.
-Variant ``small``: a tiny U-Net for smoke runs (2 steps, batch 8).
+Variant ``small``: a tiny U-Net for smoke runs (2 steps, batch 8) on TFDS's mock data (``data.mock``), offline.
 """
 
 from flowgen.train.config import base_config
@@ -56,3 +56,4 @@ def shrink_for_smoke_test(c):
     c.sample.num_steps = 2
     c.sample.num_samples = 8
     c.sample.ema = "params"
+    c.data.mock = True  # TFDS's mock CIFAR-10 (random records): the smoke run needs no prepared data
