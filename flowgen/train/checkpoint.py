@@ -258,13 +258,14 @@ def state_checksum(state) -> dict:
     (dtype canonicalised as jax would, so a python int and the int32 it restores to agree).
 
     A leaf's digest is a position-keyed additive hash of its bits (AdHASH, Bellare & Micciancio 1997), in two
-    independent 32-bit lanes ``j``:
+    32-bit lanes:
 
-        D_j(x) = Σ_i fmix32(w_i XOR fmix32(i·0x9E3779B1 + seed_j))  mod 2³²
+        h_i = fmix32(w_i XOR fmix32(i·0x9E3779B1 + s₀)),   D = (Σ_i h_i,  Σ_i fmix32(h_i + s₁))  mod 2³²
 
     over the 32-bit words ``w_i`` of the flattened leaf (16- and 8-bit values widened, 64-bit ones split), where
-    ``fmix32`` is MurmurHash3's finaliser (a bijection of uint32). Changing any single word always changes the sum;
-    several changed words cancel with probability about 2⁻⁶⁴. It detects accidental damage (not tampering).
+    ``fmix32`` is MurmurHash3's finaliser (a bijection of uint32). Changing any single word always changes the first
+    sum; several changed words cancel in both with probability about 2⁻⁶⁴. It detects accidental damage, not
+    tampering.
     Why not sha256 of the host bytes (as before): a sum is independent of the order of its terms, so every device
     hashes the shards it holds, XLA adds the partial sums (an all-reduce of 8 bytes per leaf), and nothing is copied
     to the host or gathered across hosts; the digest is the same for any sharding, device or host count, so a state
@@ -326,9 +327,9 @@ def _leaf_digests(values: list) -> list:
         index = jnp.zeros(w.shape, jnp.uint32)  # row-major position of each word (mod 2³²)
         for axis in range(w.ndim):
             index = index * jnp.uint32(w.shape[axis] % 2**32) + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
-        index = index * jnp.uint32(0x9E3779B1)
-        out.append(jnp.stack([jnp.sum(_fmix32(w ^ _fmix32(index + jnp.uint32(seed))), dtype=jnp.uint32)
-                              for seed in _SEEDS]))
+        h = _fmix32(w ^ _fmix32(index * jnp.uint32(0x9E3779B1) + jnp.uint32(_SEEDS[0])))
+        out.append(jnp.stack([jnp.sum(h, dtype=jnp.uint32),
+                              jnp.sum(_fmix32(h + jnp.uint32(_SEEDS[1])), dtype=jnp.uint32)]))
     return out
 
 
