@@ -100,7 +100,10 @@ def _run(values) -> int:
         if mode == "prepare":
             from flowgen.data.prepare import prepare
 
-            prepare(config.data.name, config.data.data_dir or None)
+            try:
+                prepare(config.data.name, config.data.data_dir or None)
+            except ConnectionError as e:  # no network: the message says where to run it instead
+                return _error(str(e))
         elif mode == "train":
             from flowgen.train.loop import train_and_evaluate
 

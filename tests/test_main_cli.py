@@ -116,6 +116,22 @@ def test_an_error_while_training_keeps_its_traceback(tmp_path, monkeypatch):
         cli_main.cli(["flowgen", TOY, f"--workdir={tmp_path / 'w'}"])
 
 
+def test_building_the_digits_says_what_it_writes_where(tmp_path, capfd, caplog):
+    """Offline, TFDS's "Downloading and preparing dataset ..." was misleading, and the default folder was not named."""
+    import logging
+
+    data_dir = tmp_path / "tfds"
+    with caplog.at_level(logging.INFO):
+        code = cli_main.cli(["flowgen", "--mode=prepare", "--config.data.name=flowgen_digits",
+                             f"--config.data.data_dir={data_dir}"])
+    out, err = capfd.readouterr()
+    assert code == 0, err
+    assert "Downloading" not in out + err and "downloaded" not in out + err, out + err
+    building = [r.getMessage() for r in caplog.records if "building flowgen_digits" in r.getMessage()]
+    assert len(building) == 1 and str(data_dir) in building[0] and "offline" in building[0], building
+    assert (data_dir / "flowgen_digits").is_dir()
+
+
 SUBPROCESS_BAD = [
     (["--config.optim.lrr=1"], "did you mean 'optim.lr'"),   # was 57 lines of traceback
     (["--config.optim.lr=nan"], "optim.lr=nan"),              # trained until a non-finite loss at step 2
