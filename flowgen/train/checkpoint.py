@@ -219,7 +219,9 @@ class Checkpointer:
                 dst = self.directory / CORRUPT_DIR / f"{step}-{stamp}-{n}"
             src.rename(dst)
             try:
-                (dst / QUARANTINE_NOTE).write_text(f"step {step} moved here from {src} at {stamp}: {reason}\n")
+                (dst / QUARANTINE_NOTE).write_text(
+                    f"step {step} moved here from {src} at {stamp}: {reason}\nTo use it again (e.g. after repairing "
+                    f"its files), move this folder back to {src}; to discard it, delete this folder.\n")
             except OSError:
                 pass
         if jax.process_count() > 1:
