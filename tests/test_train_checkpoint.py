@@ -499,3 +499,17 @@ def test_two_processes_checksum_their_own_shards_without_gathering(tmp_path):
     single = state_checksum({"w": full, "b": np.arange(8, dtype=np.float32)})
     assert digests == {single["digest"]}
     print([re.search(r"MULTIHOST-OK.*", o).group(0) for o in outs])
+
+
+def test_an_intact_record_of_an_unknown_format_raises_and_moves_nothing(tmp_path):
+    """A checkpoint written by another version is not damaged: it must not be quarantined."""
+    save_steps(tmp_path, [1])
+    meta_file = tmp_path / "1" / "metadata" / "metadata"
+    record = json.loads(meta_file.read_text())
+    record["format"] = 99
+    record["record_sha256"] = checkpoint_lib._json_sha256({k: v for k, v in record.items() if k != "record_sha256"})
+    meta_file.write_text(json.dumps(record))
+    before = tree_snapshot(tmp_path)
+    with Checkpointer(tmp_path) as ck, pytest.raises(CheckpointRestoreError, match="format 99"):
+        ck.restore(abstract_of(make_state(1)))
+    assert tree_snapshot(tmp_path) == before

@@ -384,8 +384,9 @@ def _check_record(record) -> str | None:
     body = {k: v for k, v in record.items() if k != "record_sha256"}
     if _json_sha256(body) != record["record_sha256"]:
         return "metadata item fails its own sha256 (JSON altered)"
-    if body.get("format") not in (1, _FORMAT):
-        return f"unknown record format {body.get('format')!r}"
+    if body.get("format") not in (1, _FORMAT):  # intact, but not ours to read: not damage
+        raise ValueError(f"checkpoint record format {body.get('format')!r} is not one this flowgen reads (1, "
+                         f"{_FORMAT}): written by another version?")
     return None
 
 
