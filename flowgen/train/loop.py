@@ -140,13 +140,13 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     try:
         resume.check_workdir(config, workdir, checkpointer)
         done = resume.finished(config, workdir, checkpointer)
+        setup = build(config) if done is None else None
     except BaseException:
         checkpointer.close()
         raise
     if done is not None:
         checkpointer.close()
         return done
-    setup = build(config)
     os.makedirs(workdir, exist_ok=True)
     mesh, data, path, num_classes = setup.mesh, setup.data, setup.path, setup.num_classes
     init_key, train_key, sample_key = setup.keys
