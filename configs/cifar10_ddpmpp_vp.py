@@ -7,7 +7,7 @@ U-Net (``UNET_PRESETS["ddpmpp_cifar10"]``, 61,804,419 parameters as in score_sde
 4 residual blocks, attention at 16×16, BigGAN-style residual up/down-sampling, dropout 0.1, skip rescaling);
 Adam 2e-4, 5000 warm-up steps, grad clip 1, EMA 0.9999; batch 128; random flips; 1.3M steps.
 Sampler: DPM-Solver++(2M), logSNR grid, 20 steps (20 NFE).
-Variant ``small``: a tiny U-Net for smoke runs.
+Variant ``small``: a tiny U-Net for smoke runs on TFDS's mock data (``data.mock``), offline.
 """
 
 from flowgen.networks import UNET_PRESETS

@@ -10,7 +10,7 @@ its 1,152 augmentation-label weights); Adam lr 1e-3, β = (0.9, 0.999), ε = 1e-
 The path is linear, where σ/α = (1 − t)/t spans EDM's whole σ range.
 Departures, stated: no non-leaking geometric augmentation pipeline (EDM uses it with probability 0.12 on CIFAR-10);
 EMA by a fixed decay matching the half-life rather than EDM's ramped schedule.
-Variant ``small``: a tiny U-Net for smoke runs.
+Variant ``small``: a tiny U-Net for smoke runs on TFDS's mock data (``data.mock``), offline.
 """
 
 from flowgen.networks import UNET_PRESETS

@@ -7,7 +7,7 @@ attention at 16×16, once per decoder level, BigGAN-style up/down-sampling resid
 rescaling, features of 999·t) with dropout 0.15;
 Adam lr 2e-4, β = (0.9, 0.999), ε = 1e-8, 5000 warm-up steps, grad clip 1, EMA 0.999999 (and 0.9999); effective
 batch 128 (global, over all devices); random horizontal flips; 800k steps. Sampler: dopri5 (rtol = atol = 1e-5).
-Variant ``small``: a tiny U-Net for smoke runs (2 steps, batch 8).
+Variant ``small``: a tiny U-Net for smoke runs (2 steps, batch 8) on TFDS's mock data (``data.mock``), offline.
 """
 
 from flowgen.networks import UNET_PRESETS
@@ -56,3 +56,4 @@ def shrink_for_smoke_test(c):
     c.sample.num_steps = 2
     c.sample.num_samples = 8
     c.sample.ema = "params"
+    c.data.mock = True  # TFDS's mock CIFAR-10 (random records): the smoke run needs no prepared data

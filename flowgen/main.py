@@ -1,64 +1,224 @@
 """Command line: ``python -m flowgen.main --config=configs/NAME.py[:small] --workdir=DIR [--config.key=value ...]``.
 
     --mode=train     train (resuming from the newest good checkpoint in the workdir)
-    --mode=sample    draw samples from the newest checkpoint into workdir/samples/
+    --mode=sample    draw samples from the newest checkpoint into workdir/samples/ (never overwriting a file)
     --mode=prepare   build the dataset of --config.data.name in --config.data.data_dir (digits: offline)
+    --restart        train from step 0 in a workdir whose checkpoints were all quarantined as damaged
 
-Configs are ml_collections config files (``get_config(variant)``); any key can be overridden on the command line,
-and unknown keys or wrong types are refused by ml_collections before anything runs.
+Configs are ml_collections config files (``get_config(variant)``); any key can be overridden on the command line.
+Every mistake in the flags or the config (unknown key, wrong type, bad value, missing file) and every refusal to
+touch a workdir is one ``error: ...`` message naming the flag, the value and the choices, exit status 2, before
+anything is compiled; errors while training are not caught (they keep their traceback).
 """
 
 from __future__ import annotations
 
+import difflib
+import glob
 import logging
 import os
+import re
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-FLAGS = flags.FLAGS
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train", "default_config.py")
-config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
-                                "Path to a config file (configs/*.py), optionally ':variant'. Default: the 2-D "
-                                "rectified-flow base config.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "prepare"], "What to do.")
-flags.DEFINE_string("coordinator", None, "Multi-host: coordinator address host:port for jax.distributed.")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+MODES = ("train", "sample", "prepare")
+EXIT_USAGE = 2
 
 
-def main(argv) -> int:
-    del argv
+class CommandLineError(ValueError):
+    """A flag or config value the command line cannot run with."""
+
+
+def define_flags(values: flags.FlagValues, argv: list[str]) -> None:
+    """The command line's flags, in ``values`` (a fresh FlagValues per call, so ``cli`` can run many times)."""
+    config_flags.DEFINE_config_file(
+        "config", _DEFAULT_CONFIG, "Path to a config file (configs/*.py), optionally ':variant'. Default: the 2-D "
+        "rectified-flow base config.", flag_values=values, lock_config=True, sys_argv=argv)
+    flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.", flag_values=values)
+    flags.DEFINE_enum("mode", "train", list(MODES), "What to do.", flag_values=values)
+    flags.DEFINE_bool("restart", False, "Train from step 0 although the workdir's checkpoints were all quarantined "
+                      "(they stay in checkpoints/corrupt/; earlier outputs are moved to previous-<time>/).",
+                      flag_values=values)
+    flags.DEFINE_string("coordinator", None, "Multi-host: coordinator address host:port for jax.distributed.",
+                        flag_values=values)
+    flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.", flag_values=values)
+    flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.", flag_values=values)
+    flags.DEFINE_bool("help", False, "Show this help.", short_name="h", flag_values=values)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (``sys.argv`` if None), run, and return the exit status (0, or 2 with ``error: ...``)."""
+    argv = list(sys.argv if argv is None else argv)
+    values = flags.FlagValues()
+    define_flags(values, argv)
+    try:
+        _check_config_file(argv)
+        try:
+            rest = values(argv)
+        except Exception as e:  # noqa: BLE001 - every parse failure becomes one message, translated below
+            raise CommandLineError(_parse_error_message(e, argv)) from e
+        if values.help:
+            print(values.main_module_help() or values.get_help())
+            return 0
+        if rest[1:]:
+            raise CommandLineError(f"unexpected arguments {rest[1:]}: flags are --name=value")
+        return _run(values)
+    except CommandLineError as e:
+        return _error(str(e))
+
+
+def _run(values) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
     logging.getLogger("absl").setLevel(logging.WARNING)
     import jax
 
-    if FLAGS.coordinator:
-        jax.distributed.initialize(FLAGS.coordinator, FLAGS.num_processes, FLAGS.process_id)
-    config = FLAGS.config
-    if FLAGS.mode == "prepare":
-        from flowgen.data.prepare import prepare
+    from flowgen.data.pipeline import DatasetNotPreparedError
+    from flowgen.train import config as config_lib
+    from flowgen.train.resume import RunRefusedError
 
-        prepare(config.data.name, config.data.data_dir or None)
-        return 0
-    if FLAGS.workdir is None:
-        raise app.UsageError("--workdir is required for --mode=train and --mode=sample")
-    if FLAGS.mode == "train":
-        from flowgen.train.loop import train_and_evaluate
+    if values.coordinator:
+        jax.distributed.initialize(values.coordinator, values.num_processes, values.process_id)
+    config = values.config
+    mode = values.mode
+    try:
+        if mode != "prepare" and values.workdir is None:
+            raise CommandLineError(f"--workdir is required for --mode={mode}")
+        if values.restart and mode != "train":
+            raise CommandLineError("--restart only applies to --mode=train")
+        if mode == "prepare":
+            config_lib.check_dataset_name(config.data.name)
+        else:
+            config_lib.validate(config)
+            config_lib.check_devices(config)
+    except ValueError as e:  # config_lib's checks name the key, the value and the choices
+        return _error(str(e))
+    try:
+        if mode == "prepare":
+            from flowgen.data.prepare import prepare
 
-        train_and_evaluate(config, FLAGS.workdir)
-    else:
-        from flowgen.train.loop import sample_from_checkpoint
+            try:
+                prepare(config.data.name, config.data.data_dir or None)
+            except ConnectionError as e:  # no network: the message says where to run it instead
+                return _error(str(e))
+        elif mode == "train":
+            from flowgen.train.loop import train_and_evaluate
 
-        sample_from_checkpoint(config, FLAGS.workdir)
+            train_and_evaluate(config, values.workdir, restart=values.restart)
+        else:
+            from flowgen.train.sample_mode import sample_from_checkpoint
+
+            sample_from_checkpoint(config, values.workdir)
+    except (RunRefusedError, DatasetNotPreparedError) as e:  # refusals that changed nothing: no traceback
+        return _error(str(e))
     return 0
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _config_argument(argv: list[str]) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def available_configs(directory: str | None = None) -> list[str]:
+    """The config files in ``directory`` (default: the repository's configs/)."""
+    directory = directory if directory and os.path.isdir(directory) else _REPO_CONFIGS
+    return sorted(os.path.relpath(p) for p in glob.glob(os.path.join(directory, "*.py"))
+                  if not os.path.basename(p).startswith("_"))
+
+
+def _check_config_file(argv: list[str]) -> None:
+    value = _config_argument(argv)
+    if value is None:
+        return
+    path = value.split(":", 1)[0]
+    if not os.path.isfile(path):
+        listed = available_configs(os.path.dirname(path))
+        raise CommandLineError(f"--config={value}: no config file {path!r}. Available: {', '.join(listed)} "
+                               "(add ':small' for a smoke-test variant)")
+
+
+def _parse_error_message(error: Exception, argv: list[str]) -> str:
+    """One readable line-group for a failure of absl/ml_collections parsing."""
+    unknown = _unknown_key(argv)
+    if unknown:
+        return unknown
+    text = str(error)
+    if "Traceback (most recent call last)" in text:  # an exception inside get_config: its last line says it
+        lines = [x for x in text.splitlines() if x.strip()]
+        text = f"{lines[0]} {lines[-1].strip()}"
+    match = re.match(r"flag --config\.([\w.]+)=", text)
+    if match:
+        kind = _key_type(argv, match.group(1))
+        if kind:
+            text += f" (config.{match.group(1)} takes {kind})"
+    return text
+
+
+def _load_config(argv: list[str]):
+    """The config of ``--config`` without overrides (None if it cannot be loaded)."""
+    value = _config_argument(argv) or _DEFAULT_CONFIG
+    path, _, variant = value.partition(":")
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("flowgen_cli_config", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(variant) if variant else module.get_config()
+    except Exception:  # noqa: BLE001 - the parser's own message is used instead
+        return None
+
+
+def _unknown_key(argv: list[str]) -> str | None:
+    """'--config.optim.lrr=1: ...' for the first override naming a key the config does not have, else None."""
+    overrides = [a for a in argv if re.match(r"^--?(no)?config\.", a)]
+    if not overrides:
+        return None
+    config = _load_config(argv)
+    if config is None:
+        return None
+    for arg in overrides:
+        key = re.sub(r"^--?(no)?config\.", "", arg.split("=", 1)[0])
+        node, walked = config, []
+        for part in key.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                where = ".".join(walked) or "the config"
+                hint = difflib.get_close_matches(part, keys, n=1)
+                suggestion = f"did you mean {'.'.join([*walked, hint[0]])!r}? " if hint else ""
+                valid = f"keys of {where}: {', '.join(sorted(keys))}" if keys else f"{where} is not a section"
+                return f"{arg}: unknown key {key!r}; {suggestion}({valid})"
+            node = node[part]
+            walked.append(part)
+    return None
+
+
+def _key_type(argv: list[str], key: str) -> str | None:
+    config = _load_config(argv)
+    try:
+        node = config
+        for part in key.split("."):
+            node = node[part]
+    except Exception:  # noqa: BLE001
+        return None
+    return f"{type(node).__name__} values, e.g. {node!r}"
 
 
 def run() -> None:
     """Console-script entry point (``flowgen``)."""
-    app.run(main)
+    sys.exit(cli())
 
 
 if __name__ == "__main__":

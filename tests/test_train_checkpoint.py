@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +19,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from flowgen.train.checkpoint import CORRUPT_DIR, STATE, Checkpointer, CheckpointMismatchError
+from flowgen.train import checkpoint as checkpoint_lib
+from flowgen.train.checkpoint import (
+    CORRUPT_DIR,
+    STATE,
+    Checkpointer,
+    CheckpointMismatchError,
+    CheckpointRestoreError,
+    state_checksum,
+)
 
 # When one array read fails, orbax abandons the reads of the other arrays as coroutines that raise on garbage
 # collection ("Exception ignored in: <coroutine _read_array_index_and_device_put>"), in whichever test runs then.
@@ -334,3 +343,173 @@ def test_restoring_a_different_tree_raises_and_moves_nothing(tmp_path):
         with pytest.raises(CheckpointMismatchError, match=r"\['params'\]\['w'\].*\(64, 48\).*\(64, 47\)"):
             ck.restore(abstract_of(other))
     assert tree_snapshot(tmp_path) == snapshot and not (tmp_path / CORRUPT_DIR).exists()
+
+
+def test_relative_directory_works(tmp_path, monkeypatch):
+    """orbax refuses relative paths ("Checkpoint path should be absolute"); that once made every good step look
+    corrupt and get quarantined."""
+    monkeypatch.chdir(tmp_path)
+    save_steps("ck", [1, 2])
+    with Checkpointer("ck") as ck:
+        assert ck.directory == tmp_path / "ck"
+        step, got, _ = ck.restore(abstract_of(make_state(2)))
+    assert step == 2
+    assert_state_equal(got, make_state(2))
+    assert not (tmp_path / "ck" / CORRUPT_DIR).exists()
+
+
+@pytest.mark.parametrize("error", [ValueError("Checkpoint path should be absolute. Got ck"),
+                                   PermissionError(13, "Permission denied"), MemoryError("host OOM")],
+                         ids=["ValueError", "PermissionError", "MemoryError"])
+def test_a_failure_that_is_not_damage_raises_and_moves_nothing(tmp_path, error):
+    save_steps(tmp_path, [1, 2])
+    before = tree_snapshot(tmp_path)
+    with Checkpointer(tmp_path) as ck:
+        def failing_restore(*args, **kwargs):
+            raise error
+
+        ck._manager.restore = failing_restore
+        with pytest.raises(CheckpointRestoreError, match=f"step 2 of {tmp_path}.*{type(error).__name__}") as info:
+            ck.restore(abstract_of(make_state(2)))
+    assert "nothing was moved" in str(info.value) and info.value.__cause__ is error
+    assert tree_snapshot(tmp_path) == before and not (tmp_path / CORRUPT_DIR).exists()
+
+
+def test_missing_item_folder_is_damage(tmp_path):
+    save_steps(tmp_path, [1, 2])
+    shutil.rmtree(tmp_path / "2" / STATE)
+    with Checkpointer(tmp_path) as ck:
+        assert ck.restore(abstract_of(make_state(2)))[0] == 1
+        assert [s for s, _ in ck.quarantined()] == [2]
+
+
+def test_digest_sees_every_changed_word_and_ignores_layout():
+    """The digest is a sum over positions: it must change when any one word changes (always, as fmix32 is a bijection),
+    when two elements swap, and for -0.0 vs 0.0; and not depend on how the array is split into shards."""
+    rng = np.random.default_rng(0)
+    base = {"w": rng.normal(size=(37, 5)).astype(np.float32), "b": jnp.asarray(rng.normal(size=(11,)), jnp.bfloat16),
+            "n": np.arange(6, dtype=np.int32), "z": np.zeros((3,), np.float32)}
+    ref = state_checksum(base)
+    assert ref == state_checksum({k: jnp.asarray(v) for k, v in base.items()})  # host or device values alike
+    variants = []
+    for i in range(0, 37 * 5, 7):
+        w = base["w"].copy().reshape(-1)
+        w.view(np.uint32)[i] ^= np.uint32(1 << (i % 32))  # one bit of one word
+        variants.append(dict(base, w=w.reshape(37, 5)))
+    swapped = base["n"].copy()
+    swapped[[1, 4]] = swapped[[4, 1]]
+    variants += [dict(base, n=swapped), dict(base, z=np.array([0.0, -0.0, 0.0], np.float32))]
+    for v in variants:
+        got = state_checksum(v)
+        assert got["digest"] != ref["digest"]
+        assert sum(a != b for a, b in zip(got["leaves"], ref["leaves"], strict=True)) == 1
+
+
+def test_records_of_the_earlier_sha256_format_still_verify(tmp_path, monkeypatch):
+    """Checkpoints written before the device-side digest (record format 1) restore and verify, and a flipped value
+    in them is still caught."""
+    def format_1(state):  # what save recorded then
+        c = checkpoint_lib._host_sha256_checksum(state)
+        return {"sha256": c["digest"], "leaves": c["leaves"]}
+
+    monkeypatch.setattr(checkpoint_lib, "_FORMAT", 1)
+    monkeypatch.setattr(checkpoint_lib, "state_checksum", format_1)
+    save_steps(tmp_path, [1, 2])
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "2" / "metadata" / "metadata").read_text())["format"] == 1
+    with Checkpointer(tmp_path) as ck:
+        step, got, _ = ck.restore(abstract_of(make_state(2)))
+        assert step == 2
+        assert_state_equal(got, make_state(2))
+        target = largest_state_file(tmp_path / "2")
+        data = bytearray(target.read_bytes())
+        for i in range(len(data) // 2, len(data) // 2 + 8):
+            data[i] ^= 0xFF
+        target.write_bytes(bytes(data))
+        assert ck.restore(abstract_of(make_state(2)))[0] == 1
+
+
+MULTIHOST_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import jax
+    jax.distributed.initialize(f"127.0.0.1:{sys.argv[2]}", 2, int(sys.argv[3]))
+    import numpy as np
+    from jax.experimental import multihost_utils
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+    from flowgen.train import checkpoint as checkpoint_lib
+    from flowgen.train.checkpoint import Checkpointer
+
+    gathered = []
+    allgather = multihost_utils.process_allgather
+    def guarded(x, *args, **kwargs):  # a scalar decision may be shared; an array of the state must not be gathered
+        gathered.append(int(np.size(x)))
+        assert np.size(x) <= 1, f"gathered an array of {np.size(x)} elements"
+        return allgather(x, *args, **kwargs)
+    multihost_utils.process_allgather = guarded
+
+    assert jax.device_count() == 8 and jax.local_device_count() == 4
+    mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Auto,))
+    rows, rep = NamedSharding(mesh, P("fsdp")), NamedSharding(mesh, P())
+    n = int(sys.argv[4])
+    full = np.random.default_rng(0).normal(size=(n, 256)).astype(np.float32)
+    make = lambda sharding, value: jax.make_array_from_callback(value.shape, sharding, lambda idx: value[idx])
+    state = {"w": make(rows, full), "b": make(rep, np.arange(8, dtype=np.float32))}
+    checkpoint_lib.state_checksum(state)  # compile once
+    t0 = time.perf_counter()
+    digest = checkpoint_lib.state_checksum(state)
+    seconds = time.perf_counter() - t0
+    with Checkpointer(sys.argv[1], async_save=False) as ck:
+        ck.save(1, state, {"n": n})
+    with Checkpointer(sys.argv[1]) as ck:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        step, got, meta = ck.restore(abstract)
+        assert step == 1 and meta == {"n": n}
+        for k in state:
+            for a, b in zip(got[k].addressable_shards, state[k].addressable_shards):
+                assert a.index == b.index and np.array_equal(np.asarray(a.data), np.asarray(b.data)), k
+    print(f"MULTIHOST-OK digest={digest['digest']} seconds={seconds:.4f} gathered={sorted(set(gathered))}")
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_checksum_their_own_shards_without_gathering(tmp_path):
+    """2 processes x 4 CPU devices, an FSDP-sharded state: save and verified restore work while any all-gather of
+    more than one element fails; both processes compute the same digest, equal to one process's over the same
+    global values."""
+    import portpicker
+
+    rows = 4096  # 4 MiB of float32 per process-pair
+    port = portpicker.pick_unused_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST_SCRIPT, str(tmp_path / "ck"), str(port), str(i),
+                               str(rows)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    digests = {re.search(r"digest=(\w+)", o).group(1) for o in outs}
+    assert len(digests) == 1
+    full = np.random.default_rng(0).normal(size=(rows, 256)).astype(np.float32)
+    single = state_checksum({"w": full, "b": np.arange(8, dtype=np.float32)})
+    assert digests == {single["digest"]}
+    print([re.search(r"MULTIHOST-OK.*", o).group(0) for o in outs])
+
+
+def test_an_intact_record_of_an_unknown_format_raises_and_moves_nothing(tmp_path):
+    """A checkpoint written by another version is not damaged: it must not be quarantined."""
+    save_steps(tmp_path, [1])
+    meta_file = tmp_path / "1" / "metadata" / "metadata"
+    record = json.loads(meta_file.read_text())
+    record["format"] = 99
+    record["record_sha256"] = checkpoint_lib._json_sha256({k: v for k, v in record.items() if k != "record_sha256"})
+    meta_file.write_text(json.dumps(record))
+    before = tree_snapshot(tmp_path)
+    with Checkpointer(tmp_path) as ck, pytest.raises(CheckpointRestoreError, match="format 99"):
+        ck.restore(abstract_of(make_state(1)))
+    assert tree_snapshot(tmp_path) == before

@@ -17,7 +17,9 @@ Encoding the PNGs here uses Pillow, so no TensorFlow is needed (TFDS would other
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import tempfile
 
@@ -27,6 +29,7 @@ import tensorflow_datasets as tfds
 NAME = "flowgen_digits"
 NUM_IMAGES = 1797
 NUM_TEST = 297
+log = logging.getLogger("flowgen")
 SPLITS = {"train": (0, NUM_IMAGES - NUM_TEST), "test": (NUM_IMAGES - NUM_TEST, NUM_IMAGES)}
 
 
@@ -69,6 +72,14 @@ class FlowgenDigits(tfds.core.GeneratorBasedBuilder):
             ),
         )
 
+    # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and prepared ..." to stdout for every
+    # builder; nothing is downloaded here, so prepare_digits says what it builds where instead.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _split_generators(self, dl_manager):
         del dl_manager  # nothing to download
         return {split: self._generate_examples(start, stop) for split, (start, stop) in SPLITS.items()}
@@ -84,8 +95,29 @@ def prepare_digits(data_dir: str | os.PathLike) -> str:
 
     On several hosts sharing one ``data_dir``, call it on one process (then sync), not on all at once.
     """
-    builder = FlowgenDigits(data_dir=os.fspath(data_dir), file_format="array_record")
-    if not builder.is_prepared():
-        with tempfile.TemporaryDirectory() as download_dir:  # keep data_dir free of an empty downloads/ folder
+    with quiet_tfds():
+        builder = FlowgenDigits(data_dir=os.fspath(data_dir), file_format="array_record")
+        prepared = builder.is_prepared()
+    if not prepared:
+        log.info("building %s (the %d 8x8 digits shipped with scikit-learn; offline, no download) into %s",
+                 NAME, NUM_IMAGES, builder.data_dir)
+        with quiet_tfds(), tempfile.TemporaryDirectory() as download_dir:  # no empty downloads/ folder in data_dir
             builder.download_and_prepare(download_dir=download_dir)
     return os.fspath(builder.data_dir)
+
+
+@contextlib.contextmanager
+def quiet_tfds():
+    """Without TFDS's progress bars and its absl warnings (e.g. "Variant folder ... has no dataset_info.json", said
+    of the folder being built)."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    absl_logger = logging.getLogger("absl")
+    level, bars = absl_logger.level, tqdm_utils._active  # noqa: SLF001 - TFDS has no getter for it
+    absl_logger.setLevel(logging.ERROR)
+    tfds.display_progress_bar(False)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+        tfds.display_progress_bar(bars)

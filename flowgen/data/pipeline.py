@@ -130,9 +130,20 @@ def _prepared_formats(tfds_name: str, data_dir: str) -> list[str]:
     return formats
 
 
-def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None):
-    """``tfds.data_source`` for a supported dataset, ``download=False``; a clear error if it is not prepared."""
+#: Records per split of a mocked dataset (``mock=True``): enough for any smoke run's batches and sample metrics.
+MOCK_EXAMPLES = 256
+
+
+def open_source(name: str, split: str, data_dir: str | os.PathLike | None = None, mock: bool = False):
+    """``tfds.data_source`` for a supported dataset, ``download=False``; a clear error if it is not prepared.
+
+    ``mock``: TFDS's mock data instead (``tfds.testing.mock_data``: ``MOCK_EXAMPLES`` random records per split with
+    the dataset's real features, generated from the record index), so smoke runs work without the files."""
     spec = dataset_spec(name)
+    if mock:
+        with digits.quiet_tfds(), tfds.testing.mock_data(num_examples=MOCK_EXAMPLES,
+                                                           policy=tfds.testing.MockPolicy.USE_CODE):
+            return tfds.data_source(spec.tfds_name, split=split, download=False)
     data_dir = resolve_data_dir(data_dir)
     try:
         return tfds.data_source(spec.tfds_name, split=split, data_dir=data_dir, download=False)
@@ -233,6 +244,7 @@ def image_dataset(
     drop_remainder: bool = True,
     num_threads: int = 16,
     prefetch_buffer_size: int = 500,
+    mock: bool = False,
 ) -> grain.IterDataset:
     """The batched grain dataset for one process; ``iter()`` of it gives a checkpointable ``DatasetIterator``.
 
@@ -247,6 +259,7 @@ def image_dataset(
       random_flip: horizontal flips with probability 1/2; None: the dataset's default (``ImageDatasetSpec``).
       dequantize: add uniform noise in [0, 1) to the integer pixels before scaling (see ``to_model_range``).
       num_threads, prefetch_buffer_size: grain ``ReadOptions`` for reading and preprocessing records.
+      mock: read TFDS's mock data instead of the prepared files (see ``open_source``).
     """
     spec = dataset_spec(name)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -264,7 +277,7 @@ def image_dataset(
         raise ValueError(f"need 0 <= shard_index < shard_count; got {shard_index}, {shard_count}")
     random_flip = spec.random_flip if random_flip is None else random_flip
 
-    source = open_source(name, split or spec.train_split, data_dir)
+    source = open_source(name, split or spec.train_split, data_dir, mock=mock)
     num_records = len(source)
     per_shard = num_records // shard_count
     if per_shard == 0:

@@ -11,14 +11,19 @@ neither orbax nor this module treats as a step), but it does not validate a fini
 (see tests/test_train_checkpoint.py): a truncated array data file makes restore raise a bare ``Exception`` from
 TensorStore; bytes flipped inside the zstd-compressed OCDBT data restore *without error* and with wrong values; a
 truncated ``_METADATA``/``manifest.ocdbt`` or JSON item raises; some files (``_sharding``, the per-process manifest,
-``_METADATA`` deleted outright) are not needed for restore at all. So ``save`` records, in the JSON item, a sha256 of
-every leaf (dtype, shape and raw bytes of the host value at save time, in tree order) and a sha256 of the JSON record
-itself; ``restore`` recomputes them. A step that raises or mismatches is logged, moved into ``corrupt/`` and the next
-older step is tried, so resuming after a crash mid-write (or a bit flip on disk) lands on the newest good state.
+``_METADATA`` deleted outright) are not needed for restore at all. So ``save`` records, in the JSON item, a digest of
+every leaf (``state_checksum``: computed on the devices that hold the leaf, see below) and a sha256 of the JSON record
+itself; ``restore`` recomputes them.
+
+Quarantine needs evidence of damage: a checksum or record mismatch, or a read that fails the way missing or damaged
+files fail (TensorStore's DATA_LOSS / OUT_OF_RANGE / NOT_FOUND / a failed decode, undecodable JSON, a missing file or
+item). Such a step is logged, moved into ``corrupt/`` and the next older step is tried, so resuming after a crash
+mid-write (or a bit flip on disk) lands on the newest good state. Any other failure (a relative path, a permission
+error, host OOM, a bug) raises ``CheckpointRestoreError`` and moves nothing.
 
 Not covered: corruption of a checkpoint that ``max_to_keep`` already made the only survivor (a silently corrupt step
-counts as one of the ``keep``; it is found only when restored); and a restore that fails for a transient reason (an
-I/O error, host OOM) quarantines a good step; it is moved, not deleted, and can be moved back by hand.
+counts as one of the ``keep``; it is found only when restored). A quarantined step is moved, never deleted, and can
+be moved back by hand (``QUARANTINED.txt`` in it says from where and why).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -39,11 +45,16 @@ log = logging.getLogger(__name__)
 
 STATE, METADATA = "state", "metadata"
 CORRUPT_DIR = "corrupt"
-_FORMAT = 1
+QUARANTINE_NOTE = "QUARANTINED.txt"
+_FORMAT = 2  # 1: host sha256 of every leaf (still verified on restore); 2: the device-side digest of state_checksum
 
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint is intact but holds a different tree (paths, shapes or dtypes) than the one asked for."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """Restoring a step failed for a reason that is not evidence of damage (nothing was moved)."""
 
 
 class Checkpointer:
@@ -56,7 +67,7 @@ class Checkpointer:
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
-        self.directory = epath.Path(directory)
+        self.directory = _absolute(directory)
         self.keep = keep
         self.async_save = async_save
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
@@ -115,10 +126,11 @@ class Checkpointer:
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``.sharding`` set (``jax.eval_shape`` plus
         shardings): arrays are read directly into those shardings, whatever the sharding at save time was.
-        A step whose restore raises or whose checksum mismatches is logged (warning, with the step and the reason),
-        moved to ``<directory>/corrupt/<step>-<timestamp>`` and the next older step is tried; None if none is good.
-        Raises CheckpointMismatchError, touching nothing, if an intact checkpoint holds a different tree (leaf
-        paths, shapes, dtypes) than ``abstract_state``, and FileNotFoundError if ``step`` is given but absent.
+        A step with evidence of damage (checksum mismatch, missing or undecodable data) is logged (warning, with the
+        step and the reason), moved to ``<directory>/corrupt/<step>-<timestamp>`` and the next older step is tried;
+        None if none is good. Raises, touching nothing: CheckpointMismatchError if an intact checkpoint holds a
+        different tree (leaf paths, shapes, dtypes) than ``abstract_state``; CheckpointRestoreError if a restore fails
+        for any other reason; FileNotFoundError if ``step`` is given but absent.
         """
         self.wait()
         self._manager.reload()  # the directory may have changed under us (another process, a quarantine)
@@ -129,19 +141,47 @@ class Checkpointer:
             steps = [s for s in steps if s <= step]
         expected = _abstract_leaves(abstract_state)
         for s in sorted(steps, reverse=True):
-            reason, restored = self._try_restore(s, abstract_state, expected)
-            if _any_process(reason is not None):
-                self._quarantine(s, reason or "failed on another process")
+            try:
+                reason, restored = self._try_restore(s, abstract_state, expected)
+                error = None
+            except CheckpointMismatchError:
+                raise
+            except Exception as e:  # noqa: BLE001 - re-raised below, on every process alike
+                reason, restored, error = None, None, e
+            status = _max_over_processes(2 if error is not None else 1 if reason is not None else 0)
+            if status == 2:
+                raise CheckpointRestoreError(
+                    f"restoring checkpoint step {s} of {self.directory} failed: "
+                    + (_describe(error) if error is not None else "on another process")
+                    + ". That is not evidence of damage (not a checksum mismatch, nor missing or undecodable data), "
+                    "so nothing was moved; fix the cause and run again.") from error
+            if status == 1:
+                self._quarantine(s, reason or "damaged on another process")
                 continue
             return restored
         return None
 
+    def quarantined(self) -> list[tuple[int, str]]:
+        """``(step, folder)`` of every step in ``corrupt/``, oldest first (moved there by ``restore``)."""
+        root = self.directory / CORRUPT_DIR
+        if not root.exists():
+            return []
+        out = []
+        for p in root.iterdir():
+            head = p.name.split("-", 1)[0]
+            if head.isdigit():
+                out.append((int(head), str(p)))
+        return sorted(out)
+
     def _try_restore(self, step: int, abstract_state, expected: list) -> tuple[str | None, Any]:
-        """(None, (step, state, metadata)) if ``step`` restores and verifies, else (reason, None)."""
+        """(None, (step, state, metadata)) if ``step`` restores and verifies; (reason, None) on evidence of damage;
+        raises anything else."""
         try:
             record = self._manager.restore(step, args=ocp.args.Composite(**{METADATA: ocp.args.JsonRestore()}))[
                 METADATA]
-        except Exception as e:  # noqa: BLE001 - any failure to read the record is corruption of this step
+        except Exception as e:
+            if not _is_damage(e):
+                raise
             return f"metadata item unreadable: {_describe(e)}", None
         problem = _check_record(record)
         if problem:
@@ -154,10 +194,13 @@ class Checkpointer:
         try:
             state = self._manager.restore(
                 step, args=ocp.args.Composite(**{STATE: ocp.args.StandardRestore(abstract_state)}))[STATE]
-        except Exception as e:  # noqa: BLE001 - truncated/missing array files raise all sorts of exceptions
+        except Exception as e:
+            if not _is_damage(e):
+                raise
             return f"restore raised {_describe(e)}", None
-        got = state_checksum(state)
-        if got["sha256"] != record["checksum"]["sha256"]:
+        got = (state_checksum if record["format"] == _FORMAT else _host_sha256_checksum)(state)
+        saved_digest = record["checksum"].get("digest", record["checksum"].get("sha256"))  # format 1: "sha256"
+        if got["digest"] != saved_digest:
             bad = [p for (p, *_, a), (_, *_, b) in zip(record["checksum"]["leaves"], got["leaves"], strict=True)
                    if a != b]
             names = ", ".join(bad[:5]) + (", ..." if len(bad) > 5 else "")
@@ -176,7 +219,9 @@ class Checkpointer:
                 dst = self.directory / CORRUPT_DIR / f"{step}-{stamp}-{n}"
             src.rename(dst)
             try:
-                (dst / "QUARANTINED.txt").write_text(f"step {step} moved here from {src} at {stamp}: {reason}\n")
+                (dst / QUARANTINE_NOTE).write_text(
+                    f"step {step} moved here from {src} at {stamp}: {reason}\nTo use it again (e.g. after repairing "
+                    f"its files), move this folder back to {src}; to discard it, delete this folder.\n")
             except OSError:
                 pass
         if jax.process_count() > 1:
@@ -211,35 +256,105 @@ class Checkpointer:
 
 
 def state_checksum(state) -> dict:
-    """``{"sha256": ..., "leaves": [[path, dtype, shape, sha256], ...]}`` over the host values of ``state``'s leaves
-    (dtype canonicalised as jax would, so a python int and the int32 it restores to agree), in tree order."""
+    """``{"algorithm", "digest", "leaves": [[path, dtype, shape, digest], ...]}`` of ``state``'s leaves, in tree order
+    (dtype canonicalised as jax would, so a python int and the int32 it restores to agree).
+
+    A leaf's digest is a position-keyed additive hash of its bits (AdHASH, Bellare & Micciancio 1997), in two
+    32-bit lanes:
+
+        h_i = fmix32(w_i XOR fmix32(i·0x9E3779B1 + s₀)),   D = (Σ_i h_i,  Σ_i fmix32(h_i + s₁))  mod 2³²
+
+    over the 32-bit words ``w_i`` of the flattened leaf (16- and 8-bit values widened, 64-bit ones split), where
+    ``fmix32`` is MurmurHash3's finaliser (a bijection of uint32). Changing any single word always changes the first
+    sum; several changed words cancel in both with probability about 2⁻⁶⁴. It detects accidental damage, not
+    tampering.
+    Why not sha256 of the host bytes (as before): a sum is independent of the order of its terms, so every device
+    hashes the shards it holds, XLA adds the partial sums (an all-reduce of 8 bytes per leaf), and nothing is copied
+    to the host or gathered across hosts; the digest is the same for any sharding, device or host count, so a state
+    saved with one layout verifies when restored onto another. Cost per process: one pass over its own shards.
+    """
     leaves = jax.tree_util.tree_leaves_with_path(state)
-    for _, x in leaves:  # start every device-to-host copy before waiting on the first
-        if isinstance(x, jax.Array) and x.is_fully_addressable:
-            x.copy_to_host_async()
+    values = [x if isinstance(x, jax.Array) else _canonical_host_value(x) for _, x in leaves]
+    groups: dict[Any, list[int]] = {}  # one compiled program per set of devices (jit needs one device set)
+    for i, x in enumerate(values):
+        key = tuple(sorted(d.id for d in x.sharding.device_set)) if isinstance(x, jax.Array) else None
+        groups.setdefault(key, []).append(i)
+    lanes: list[Any] = [None] * len(values)
+    for indices in groups.values():
+        for i, out in zip(indices, _leaf_digests([values[i] for i in indices]), strict=True):
+            lanes[i] = out
     total = hashlib.sha256()
     out = []
-    for path, x in leaves:
-        arr = _host_value(x)
+    for (path, _), x, lane in zip(leaves, values, lanes, strict=True):
+        if not lane.is_fully_replicated:  # a full reduction is replicated; anything else would be a jax change
+            raise RuntimeError(f"checksum of {jax.tree_util.keystr(path)} is not replicated ({lane.sharding})")
+        digest = "".join(f"{int(v):08x}" for v in np.asarray(lane.addressable_data(0)))
+        name = jax.tree_util.keystr(path)
+        dtype = np.dtype(x.dtype).name
+        out.append([name, dtype, list(x.shape), digest])
+        total.update(f"{name}\0{dtype}{tuple(x.shape)}\0{digest}\0".encode())
+    return {"algorithm": "adhash-fmix32x2", "digest": total.hexdigest(), "leaves": out}
+
+
+_SEEDS = (0x243F6A88, 0x85A308D3)  # the two lanes' seeds (digits of π: arbitrary, fixed)
+
+
+def _fmix32(h):
+    """MurmurHash3's 32-bit finaliser: a bijection of uint32 that spreads every input bit over the output."""
+    h = h ^ (h >> 16)
+    h = h * jnp.uint32(0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = h * jnp.uint32(0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def _words(x) -> jax.Array:
+    """The bits of ``x`` as uint32 words (one per element; two per 64-bit element, on a trailing axis)."""
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    if x.dtype == jnp.bool_:
+        return x.astype(jnp.uint32)
+    size = np.dtype(x.dtype).itemsize
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        x, size = jnp.stack([x.real, x.imag], axis=-1), size // 2
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[size]
+    return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _leaf_digests(values: list) -> list:
+    out = []
+    for x in values:
+        w = _words(x)
+        index = jnp.zeros(w.shape, jnp.uint32)  # row-major position of each word (mod 2³²)
+        for axis in range(w.ndim):
+            index = index * jnp.uint32(w.shape[axis] % 2**32) + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis)
+        h = _fmix32(w ^ _fmix32(index * jnp.uint32(0x9E3779B1) + jnp.uint32(_SEEDS[0])))
+        out.append(jnp.stack([jnp.sum(h, dtype=jnp.uint32),
+                              jnp.sum(_fmix32(h + jnp.uint32(_SEEDS[1])), dtype=jnp.uint32)]))
+    return out
+
+
+def _canonical_host_value(x) -> np.ndarray:
+    arr = np.asarray(x)
+    dtype = jax.dtypes.canonicalize_dtype(arr.dtype)
+    return arr if arr.dtype == dtype else arr.astype(dtype)
+
+
+def _host_sha256_checksum(state) -> dict:
+    """The checksum of record format 1 (sha256 of every leaf's host bytes), to verify checkpoints written by it.
+    Needs every leaf's global value on this host: not for multi-host use."""
+    total = hashlib.sha256()
+    out = []
+    for path, x in jax.tree_util.tree_leaves_with_path(state):
+        arr = np.asarray(x) if isinstance(x, jax.Array) else _canonical_host_value(x)
         h = hashlib.sha256()
         h.update(f"{arr.dtype.name}{arr.shape}".encode())
         h.update(np.ascontiguousarray(arr).tobytes())
         name = jax.tree_util.keystr(path)
         out.append([name, arr.dtype.name, list(arr.shape), h.hexdigest()])
         total.update(f"{name}\0{h.hexdigest()}\0".encode())
-    return {"sha256": total.hexdigest(), "leaves": out}
-
-
-def _host_value(x) -> np.ndarray:
-    if isinstance(x, jax.Array):
-        if not x.is_fully_addressable:  # multi-process: every process needs the global value (costly, but exact)
-            from jax.experimental import multihost_utils
-
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return np.asarray(x)
-    arr = np.asarray(x)
-    dtype = jax.dtypes.canonicalize_dtype(arr.dtype)
-    return arr if arr.dtype == dtype else arr.astype(dtype)
+    return {"digest": total.hexdigest(), "leaves": out}
 
 
 def _abstract_leaves(abstract_state) -> list:
@@ -269,8 +384,9 @@ def _check_record(record) -> str | None:
     body = {k: v for k, v in record.items() if k != "record_sha256"}
     if _json_sha256(body) != record["record_sha256"]:
         return "metadata item fails its own sha256 (JSON altered)"
-    if body.get("format") != _FORMAT:
-        return f"unknown record format {body.get('format')!r}"
+    if body.get("format") not in (1, _FORMAT):  # intact, but not ours to read: not damage
+        raise ValueError(f"checkpoint record format {body.get('format')!r} is not one this flowgen reads (1, "
+                         f"{_FORMAT}): written by another version?")
     return None
 
 
@@ -294,13 +410,44 @@ def _check_json(x, where: str = "metadata") -> None:
                     "lists and numpy values with .tolist()/.item()")
 
 
-def _any_process(flag: bool) -> bool:
-    """True if ``flag`` is True on any process (all processes must take the same fallback decision)."""
+def _max_over_processes(code: int) -> int:
+    """The largest ``code`` over all processes (all processes must take the same decision)."""
     if jax.process_count() == 1:
-        return flag
+        return code
     from jax.experimental import multihost_utils
 
-    return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+    return int(np.max(multihost_utils.process_allgather(np.asarray(code, np.int32))))
+
+
+# TensorStore reports missing or damaged files with these status codes (measured with orbax 0.12.8: a truncated data
+# file gives OUT_OF_RANGE, a deleted one FAILED_PRECONDITION "Truncated Zstd-compressed stream", a damaged manifest
+# DATA_LOSS); PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE and the like are not damage.
+_DAMAGE_STATUS = ("DATA_LOSS:", "OUT_OF_RANGE:", "NOT_FOUND:")
+_DAMAGE_READ = ("Error reading", "Error decoding", "Truncated", "Corrupt")
+
+
+def _is_damage(error: BaseException) -> bool:
+    """True if ``error`` (or an exception it was raised from) shows missing or undecodable checkpoint data."""
+    seen = set()
+    e = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e)
+        if isinstance(e, (json.JSONDecodeError, UnicodeDecodeError, FileNotFoundError)):
+            return True
+        if isinstance(e, KeyError) and "was not found in the checkpoint" in text:  # an item's folder is missing
+            return True
+        if text.startswith(_DAMAGE_STATUS) or (text.startswith("FAILED_PRECONDITION:")
+                                               and any(m in text for m in _DAMAGE_READ)):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _absolute(directory) -> epath.Path:
+    """``directory`` as an absolute path (orbax refuses relative ones); URLs such as gs://... are left as they are."""
+    text = os.fspath(directory)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
 
 
 def _describe(e: BaseException) -> str:

@@ -6,7 +6,9 @@ is its fast smoke-test version. Modules never receive the whole ConfigDict; ``lo
 
 from __future__ import annotations
 
+import difflib
 import json
+import math
 
 import ml_collections
 
@@ -14,6 +16,7 @@ from flowgen import couplings, losses
 from flowgen import paths as paths_lib
 from flowgen import solvers as solvers_lib
 from flowgen.paths.time_samplers import TIME_SAMPLERS
+from flowgen.solvers.grids import GRIDS
 from flowgen.train import optim
 from flowgen.train.state import ema_name
 
@@ -32,6 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.batch_size = 256          # global batch, over all devices and hosts
     c.data.random_flip = False
     c.data.dequantize = False
+    c.data.mock = False              # image datasets: TFDS's mock data (random records, real shapes), for smoke runs
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"
@@ -102,8 +106,55 @@ def _choice(value, valid, key):
         raise ValueError(f"{key}={value!r} is not one of: {', '.join(map(str, valid))}")
 
 
+def _number(config, key: str, low=None, high=None, integer: bool = False, low_open: bool = False,
+            high_open: bool = False) -> None:
+    """``key``'s value must be a finite number (an int if ``integer``) in the interval [low, high] (open ends
+    where asked); ValueError naming the key, the value and the interval otherwise."""
+    value = config
+    for part in key.split("."):
+        value = value[part]
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    finite = ok_type and not isinstance(value, bool) and math.isfinite(value)
+    inside = finite and (low is None or (value > low if low_open else value >= low)) and (
+        high is None or (value < high if high_open else value <= high))
+    if not inside:
+        lo = "" if low is None else ("(" if low_open else "[") + f"{low}"
+        hi = "" if high is None else f"{high}" + (")" if high_open else "]")
+        where = f"in {lo or '(-inf'}, {hi or 'inf)'}"
+        kind = "an integer" if integer else "a finite number"
+        raise ValueError(f"{key}={value!r}: must be {kind} {where}")
+
+
+def dataset_names() -> tuple[list[str], list[str]]:
+    """(toy sets, image datasets) that ``data.name`` may be."""
+    from flowgen.data import pipeline, toy
+
+    return sorted(toy.TOY_DATASETS), sorted(pipeline.IMAGE_DATASETS)
+
+
+def check_dataset_name(name) -> None:
+    toys, images = dataset_names()
+    if name not in toys and name not in images:
+        hint = difflib.get_close_matches(str(name), toys + images, n=1)
+        raise ValueError(f"data.name={name!r} is not a dataset{f' (did you mean {hint[0]!r}?)' if hint else ''}. "
+                         f"Toy sets (sampled on the fly): {', '.join(toys)}; image datasets (TFDS): "
+                         f"{', '.join(images)}")
+
+
+def dataset_num_classes(data) -> int:
+    """Number of classes of ``data.name`` (0 if unlabelled), from the tables, without reading any data."""
+    from flowgen.data import pipeline, toy
+
+    if data.name in toy.TOY_DATASETS:
+        kwargs = data.kwargs.to_dict() if hasattr(data.kwargs, "to_dict") else dict(data.kwargs)
+        return toy.toy_mixture(data.name, **kwargs).num_components if data.name in toy.MIXTURE_DATASETS else 0
+    return pipeline.dataset_spec(data.name).num_classes or 0
+
+
 def validate(config) -> None:
-    """Checks that need no data and no compilation; raise ValueError naming the key and the valid values."""
+    """Checks that need no data, no devices and no compilation; raise ValueError naming the key, the bad value and
+    the valid values."""
+    check_dataset_name(config.data.name)
     _choice(config.model.name, MODELS, "model.name")
     _choice(config.model.dtype, DTYPES, "model.dtype")
     _choice(config.model.precond, ("none", "edm"), "model.precond")
@@ -115,18 +166,48 @@ def validate(config) -> None:
     _choice(config.optim.name, optim.OPTIMIZERS, "optim.name")
     _choice(config.optim.schedule, optim.SCHEDULES, "optim.schedule")
     _choice(config.sample.solver, tuple(solvers_lib.SOLVERS), "sample.solver")
+    _choice(config.sample.grid, GRIDS, "sample.grid")
     if config.model.precond == "edm" and config.loss.target != "data":
         raise ValueError(f"model.precond='edm' predicts the data: set loss.target='data' (got {config.loss.target!r})")
-    for key in ("train.num_steps", "data.batch_size", "train.log_every", "train.keep_checkpoints"):
-        section, name = key.split(".")
-        v = config[section][name]
-        if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{key} must be an integer >= 1; got {v!r}")
-    if config.train.checkpoint_every < 0 or config.train.sample_every < 0:
-        raise ValueError("train.checkpoint_every and train.sample_every must be >= 0 (0 disables)")
+    for key in ("train.num_steps", "data.batch_size", "train.log_every", "train.keep_checkpoints", "mesh.fsdp",
+                "sample.num_steps", "sample.num_samples"):
+        _number(config, key, 1, integer=True)
+    for key in ("train.checkpoint_every", "train.sample_every", "optim.warmup_steps", "model.num_classes"):
+        _number(config, key, 0, integer=True)
+    _number(config, "seed", 0, 2**32, integer=True, high_open=True)
+    _number(config, "optim.lr", 0, low_open=True)
+    _number(config, "optim.grad_clip", 0)  # 0 disables clipping
+    _number(config, "optim.b1", 0, 1, high_open=True)
+    _number(config, "optim.b2", 0, 1, high_open=True)
+    _number(config, "optim.eps", 0, low_open=True)
+    _number(config, "optim.weight_decay", 0)
+    _number(config, "optim.min_lr_ratio", 0, 1)
+    _number(config, "model.sigma_data", 0, low_open=True)
+    _number(config, "loss.label_dropout", 0, 1, high_open=True)
+    _number(config, "sample.guidance", 0)
+    num_classes, data_classes = config.model.num_classes, dataset_num_classes(config.data)
+    if num_classes and data_classes and num_classes != data_classes:
+        raise ValueError(f"model.num_classes={num_classes} but dataset {config.data.name!r} has {data_classes} "
+                         f"classes: use {data_classes}, or 0 for an unconditional model")
+    if config.loss.label_dropout > 0 and not num_classes:
+        raise ValueError(f"loss.label_dropout={config.loss.label_dropout} needs a class-conditional model "
+                         "(model.num_classes > 0)")
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
     _choice(config.sample.ema, valid, "sample.ema")
+
+
+def check_devices(config) -> None:
+    """Checks against the devices and processes of this run (call after ``jax.distributed.initialize``)."""
+    import jax
+
+    from flowgen.train import sharding
+
+    mesh = sharding.make_mesh(config.mesh.fsdp)
+    sharding.check_batch_size(config.data.batch_size, mesh)
+    if config.data.batch_size % jax.process_count():
+        raise ValueError(f"data.batch_size={config.data.batch_size} is not divisible by the number of processes "
+                         f"({jax.process_count()})")
 
 
 # Keys that may change when a run is resumed (everything else must match the checkpoint's config): the schedule of

@@ -21,7 +21,7 @@ class ImageInput:
         self.element_shape = tuple(spec.image_shape)
         self.num_classes = spec.num_classes or 0
         self._kwargs = dict(data_dir=data_cfg.data_dir or None, seed=seed, dequantize=data_cfg.dequantize,
-                            random_flip=bool(data_cfg.random_flip))
+                            random_flip=bool(data_cfg.random_flip), mock=bool(data_cfg.get("mock", False)))
         try:
             self._dataset = pipeline.image_dataset(self.name, batch_size=data_cfg.batch_size // n_proc,
                                                    **self._kwargs)
@@ -52,6 +52,7 @@ class ImageInput:
         """n training images in stored order (no augmentation), for sample-quality numbers."""
         if self._reference is None or len(self._reference) < n:
             ds = pipeline.image_dataset(self.name, batch_size=n, data_dir=self._kwargs["data_dir"], seed=seed,
+                                        mock=self._kwargs["mock"],
                                         shuffle=False, num_epochs=1, drop_remainder=False, random_flip=False,
                                         shard_index=0, shard_count=1)
             self._reference = np.asarray(next(iter(ds))["image"], np.float32)

@@ -13,7 +13,6 @@ written after it, so the last good one stays intact.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import signal
@@ -22,10 +21,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 import flowgen as fg
+import flowgen.train.resume as resume
 from flowgen import losses
 from flowgen.train import config as config_lib
 from flowgen.train import input as input_lib
@@ -41,10 +40,6 @@ log = logging.getLogger("flowgen")
 
 
 class NonFiniteLossError(FloatingPointError):
-    pass
-
-
-class ConfigMismatchError(ValueError):
     pass
 
 
@@ -134,25 +129,39 @@ def _restore(setup: Setup, checkpointer: Checkpointer):
     return checkpointer.restore(abstract_sharded)
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Train ``config`` in ``workdir`` (resuming if it holds checkpoints). Returns the last logged metrics."""
-    setup = build(config)
+def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
+    """Train ``config`` in ``workdir`` (resuming if it holds checkpoints). Returns the last logged metrics.
+
+    A workdir whose checkpoints were all quarantined is refused (``resume.RunRefusedError``) unless ``restart``;
+    a finished run returns at once (see ``flowgen.train.resume``)."""
+    config_lib.validate(config)
     workdir = os.path.abspath(workdir)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    try:
+        resume.check_workdir(config, workdir, checkpointer)
+        done = resume.finished(config, workdir, checkpointer)
+        setup = build(config) if done is None else None
+    except BaseException:
+        checkpointer.close()
+        raise
+    if done is not None:
+        checkpointer.close()
+        return done
     os.makedirs(workdir, exist_ok=True)
     mesh, data, path, num_classes = setup.mesh, setup.data, setup.path, setup.num_classes
     init_key, train_key, sample_key = setup.keys
     batch_sharding = sharding_lib.batch_sharding(mesh)
     replicated = sharding_lib.replicated(mesh)
 
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
     current = config_lib.comparable(config)
-    _check_workdir_config(workdir, checkpointer, current, json.loads(config.to_json()))
     restored = _restore(setup, checkpointer)
     if restored is not None:
         step, state, meta = restored
+        resume.check_restart(workdir, step, restart)
         data.set_state(meta["data"])
         log.info("resumed from step %d", step)
     else:
+        resume.start_fresh(workdir, checkpointer, restart)
         state = jax.jit(setup.init_fn, out_shardings=setup.state_sharding)(init_key)
         step = 0
     _write_config(workdir, config)
@@ -209,30 +218,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     return last
 
 
-def sample_from_checkpoint(config, workdir: str) -> dict:
-    """Restore the newest good checkpoint of ``workdir`` and write a sample grid and ``samples_<step>.npz``."""
-    setup = build(config)
-    workdir = os.path.abspath(workdir)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
-    _check_workdir_config(workdir, checkpointer, config_lib.comparable(config))
-    restored = _restore(setup, checkpointer)
-    checkpointer.close()
-    if restored is None:
-        raise FileNotFoundError(f"no checkpoint in {workdir}/checkpoints: train first (--mode=train)")
-    step, state, _ = restored
-    key = jax.random.fold_in(setup.keys[2], step)
-    quality = visualize.sample_and_report(config, workdir, step, state, setup.sample_apply, setup.path, setup.data,
-                                          setup.num_classes, key)
-    samples, nfe = visualize.draw_samples(config, state, setup.sample_apply, setup.path, setup.data.element_shape,
-                                          setup.num_classes, key, config.sample.num_samples)
-    out = os.path.join(workdir, "samples", f"samples_{step:07d}.npz")
-    if os.path.exists(out):
-        raise FileExistsError(f"{out} exists; refusing to overwrite it")
-    np.savez(out, samples=samples, nfe=nfe, solver=config.sample.solver, step=step)
-    log.info("wrote %s (%s)", out, quality)
-    return quality
-
-
 def _drop_labels(loss_fn):
     def unconditional(params, batch, key):
         return loss_fn(params, {k: v for k, v in batch.items() if k != "label"}, key)
@@ -244,24 +229,3 @@ def _write_config(workdir: str, config) -> None:
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json_best_effort(indent=2))
-
-
-def _check_workdir_config(workdir: str, checkpointer: Checkpointer, current: dict, current_full=None) -> None:
-    """Refuse to resume a workdir whose checkpoints were made by a different config (nothing is touched)."""
-    step = checkpointer.latest_step()
-    if step is None:
-        return
-    saved_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(saved_path):
-        return
-    with open(saved_path) as f:
-        saved_full = json.load(f)
-    saved = config_lib.comparable(ml_collections.ConfigDict(saved_full))
-    diff = config_lib.config_difference(saved, current)
-    if not diff and current_full is not None:
-        for change in config_lib.config_difference(saved_full, current_full):
-            log.warning("resuming with a changed setting: %s", change)
-    if diff:
-        raise ConfigMismatchError(
-            f"workdir {workdir} holds checkpoints (step {step}) of a different config:\n  " + "\n  ".join(diff)
-            + "\nUse another --workdir, or the same config to resume. Nothing in the workdir was changed.")

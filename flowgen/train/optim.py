@@ -18,6 +18,11 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 
 
+def schedule_uses_num_steps(optim) -> bool:
+    """Whether the learning rate at a given step depends on ``train.num_steps`` (so it must not change on resume)."""
+    return optim.schedule == "cosine"
+
+
 def make_schedule(optim, num_steps: int) -> optax.Schedule:
     if optim.schedule not in SCHEDULES:
         raise ValueError(f"unknown optim.schedule {optim.schedule!r}; valid: {', '.join(SCHEDULES)}")

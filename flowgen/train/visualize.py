@@ -33,11 +33,17 @@ def draw_samples(config, state, sample_apply, path, element_shape, num_classes, 
     return np.asarray(jax.device_get(x)), int(info["nfe"])
 
 
-def sample_and_report(config, workdir, step, state, sample_apply, path, data, num_classes, key) -> dict:
+def sample_and_report(config, workdir, step, state, sample_apply, path, data, num_classes, key, drawn=None,
+                      png_name=None) -> dict:
+    """Draw samples (or use ``drawn`` = (samples, nfe)), write ``samples/<png_name>`` (default step_<step>.png)
+    and return the quality metrics."""
     num = config.sample.num_samples
-    samples, nfe = draw_samples(config, state, sample_apply, path, data.element_shape, num_classes, key, num)
+    if drawn is None:
+        drawn = draw_samples(config, state, sample_apply, path, data.element_shape, num_classes, key, num)
+    samples, nfe = drawn
     reference = data.reference(num)
     out_dir = os.path.join(workdir, "samples")
+    png_name = png_name or f"step_{step:07d}.png"
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
     import matplotlib
@@ -54,7 +60,7 @@ def sample_and_report(config, workdir, step, state, sample_apply, path, data, nu
             ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, label=f"samples (NFE {nfe})")
             ax.set_title(f"step {step}: sliced W2 {metrics['sample/sliced_w2']:.3f}")
             ax.legend(loc="upper right", fontsize=7)
-            fig.savefig(os.path.join(out_dir, f"step_{step:07d}.png"), dpi=100)
+            fig.savefig(os.path.join(out_dir, png_name), dpi=100)
             plt.close(fig)
         return metrics
     axes = tuple(range(samples.ndim - 1))
@@ -68,6 +74,6 @@ def sample_and_report(config, workdir, step, state, sample_apply, path, data, nu
         for i in range(n):
             r, q = divmod(i, side)
             grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = np.clip((samples[i] + 1) / 2, 0, 1)
-        plt.imsave(os.path.join(out_dir, f"step_{step:07d}.png"), grid.squeeze(-1) if c == 1 else grid,
+        plt.imsave(os.path.join(out_dir, png_name), grid.squeeze(-1) if c == 1 else grid,
                    cmap="gray" if c == 1 else None)
     return {"sample/pixel_moment_gap": gap, "sample/nfe": nfe}

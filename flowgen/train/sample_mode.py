@@ -1,0 +1,84 @@
+"""``--mode=sample``: draw samples from the newest good checkpoint into files named by what they are.
+
+    workdir/samples/sample_step0004000_heun_16steps_nfe31_g1.5.png   the grid (images) or scatter plot (2-D)
+    workdir/samples/sample_step0004000_heun_16steps_nfe31_g1.5.npz   samples, nfe, step and the sample settings
+
+The name holds the checkpoint step, the solver and its number of steps, the *measured* NFE and the guidance weight.
+Nothing is ever overwritten: before any work (restore, compilation, sampling), files of the same step, solver, steps
+and guidance are looked for (with any NFE, which an adaptive solver only knows afterwards) and the run is refused
+naming them; the samples are drawn once and both files come from that one draw. Training's own grids
+(``step_<step>.png``) are never touched.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+
+import jax
+import numpy as np
+
+from flowgen.train import config as config_lib
+from flowgen.train import loop, resume, visualize
+from flowgen.train.checkpoint import Checkpointer
+
+log = logging.getLogger("flowgen")
+
+
+class SamplesExistError(resume.RunRefusedError, FileExistsError):
+    """Sample files of these settings already exist (nothing was drawn or written)."""
+
+
+def sample_stem(config, step: int, nfe: int | str) -> str:
+    s = config.sample
+    return f"sample_step{step:07d}_{s.solver}_{s.num_steps}steps_nfe{nfe}_g{s.guidance:g}"
+
+
+def _refuse_existing(config, out_dir: str, step: int) -> None:
+    pattern = os.path.join(glob.escape(out_dir), sample_stem(config, step, "*") + ".*")
+    existing = sorted(glob.glob(pattern))
+    if existing:
+        raise SamplesExistError(
+            f"samples of checkpoint step {step} with these settings exist already: {', '.join(existing)}. Refusing "
+            "to overwrite them: change --config.sample.* (solver, num_steps, guidance), or move those files away. "
+            "Nothing was drawn or written.")
+
+
+def sample_from_checkpoint(config, workdir: str) -> dict:
+    """Restore the newest good checkpoint of ``workdir``, draw ``sample.num_samples`` samples once, write the PNG and
+    the ``.npz`` (see the module docstring) and return the quality metrics plus ``png``/``npz`` paths."""
+    config_lib.validate(config)
+    workdir = os.path.abspath(workdir)
+    out_dir = os.path.join(workdir, "samples")
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    try:
+        latest = checkpointer.latest_step()
+        if latest is None:
+            raise resume.RunRefusedError(f"no checkpoint in {checkpointer.directory}: train first (--mode=train)")
+        resume.check_workdir(config, workdir, checkpointer, training=False)
+        _refuse_existing(config, out_dir, latest)
+        setup = loop.build(config)
+        restored = loop._restore(setup, checkpointer)
+    finally:
+        checkpointer.close()
+    if restored is None:
+        raise resume.RunRefusedError(f"no good checkpoint left in {checkpointer.directory} (all were quarantined)")
+    step, state, _ = restored
+    if step != latest:  # the newest was damaged and quarantined: the names change with the step
+        _refuse_existing(config, out_dir, step)
+    key = jax.random.fold_in(setup.keys[2], step)
+    samples, nfe = visualize.draw_samples(config, state, setup.sample_apply, setup.path, setup.data.element_shape,
+                                          setup.num_classes, key, config.sample.num_samples)
+    stem = sample_stem(config, step, nfe)
+    quality = visualize.sample_and_report(config, workdir, step, state, setup.sample_apply, setup.path, setup.data,
+                                          setup.num_classes, key, drawn=(samples, nfe), png_name=stem + ".png")
+    npz = os.path.join(out_dir, stem + ".npz")
+    if jax.process_index() == 0:
+        with open(npz, "xb") as f:  # exclusive: never replaces a file
+            np.savez(f, samples=samples, nfe=nfe, step=step, solver=config.sample.solver,
+                     num_steps=config.sample.num_steps, grid=config.sample.grid, guidance=config.sample.guidance,
+                     ema=config.sample.ema)
+    png = os.path.join(out_dir, stem + ".png")
+    log.info("wrote %s and %s (%s)", png, npz, ", ".join(f"{k} {v:.4g}" for k, v in quality.items()))
+    return {**quality, "png": png, "npz": npz}
