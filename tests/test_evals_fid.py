@@ -1,0 +1,132 @@
+"""Fréchet distance and streaming statistics: closed forms, invariances, round trips (no Inception weights needed)."""
+
+import json
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import scipy.linalg
+
+from flowgen.evals.fid import FIDStats, StreamingStats, frechet_distance
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def random_spd(rng, d, rank=None):
+    a = rng.normal(size=(d, rank or d))
+    return a @ a.T / (rank or d)
+
+
+def test_identical_statistics_give_zero():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(500, 64)) @ rng.normal(size=(64, 64))
+    s = FIDStats.from_features(feats)
+    assert abs(s.distance(s)) < 1e-9 * np.trace(s.sigma)
+
+
+def test_commuting_gaussians_closed_form():
+    """Σ₁ = Q diag(a) Qᵀ, Σ₂ = Q diag(b) Qᵀ: FID = ‖μ₁ − μ₂‖² + Σ (√a − √b)²."""
+    rng = np.random.default_rng(1)
+    d = 32
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    a, b = rng.uniform(0.1, 3, d), rng.uniform(0.1, 3, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    exact = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = frechet_distance(mu1, (q * a) @ q.T, mu2, (q * b) @ q.T)
+    assert got == pytest.approx(exact, rel=1e-10)
+
+
+def test_non_commuting_2d_closed_form():
+    """2×2: tr (Σ₁Σ₂)^½ = sqrt(tr Σ₁Σ₂ + 2 sqrt(det Σ₁ det Σ₂)) (the square root of a 2×2 matrix in closed form)."""
+    s1 = np.array([[2.0, 0.7], [0.7, 0.5]])
+    s2 = np.array([[0.3, -0.2], [-0.2, 1.5]])
+    mu1, mu2 = np.array([1.0, -2.0]), np.array([0.5, 0.5])
+    cross = np.sqrt(np.trace(s1 @ s2) + 2 * np.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+    exact = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * cross
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(exact, rel=1e-12)
+
+
+def test_agrees_with_scipy_sqrtm_full_rank_and_is_real_when_rank_deficient():
+    rng = np.random.default_rng(2)
+    d = 100
+    s1, s2 = random_spd(rng, d), random_spd(rng, d)
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2) - 2 * np.trace(scipy.linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-9)
+    # fewer samples than dimensions (rank 10 of 100): still finite, non-negative, symmetric in its arguments
+    r1, r2 = random_spd(rng, d, rank=10), random_spd(rng, d, rank=10)
+    f12, f21 = frechet_distance(mu1, r1, mu2, r2), frechet_distance(mu2, r2, mu1, r1)
+    assert np.isfinite(f12) and f12 > 0
+    assert f12 == pytest.approx(f21, rel=1e-9)
+
+
+def test_samples_of_two_gaussians_approach_closed_form():
+    rng = np.random.default_rng(3)
+    d, n = 4, 400_000
+    l1, l2 = rng.normal(size=(d, d)), rng.normal(size=(d, d))
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    x = mu1 + rng.normal(size=(n, d)) @ l1.T
+    y = mu2 + rng.normal(size=(n, d)) @ l2.T
+    exact = frechet_distance(mu1, l1 @ l1.T, mu2, l2 @ l2.T)
+    stats_x = StreamingStats()
+    for chunk in np.array_split(x, 7):
+        stats_x.update(chunk)
+    got = stats_x.finalize().distance(FIDStats.from_features(y))
+    assert got == pytest.approx(exact, rel=0.02)
+
+
+def test_streaming_equals_np_cov_for_any_batching_order_and_array_type():
+    rng = np.random.default_rng(4)
+    feats = rng.normal(size=(301, 16)) * 3 + 1e3          # large offset: the naive E[xxᵀ] − x̄x̄ᵀ would cancel
+    ref_mu, ref_sigma = feats.mean(0), np.cov(feats, rowvar=False)
+    for sizes, perm in [((301,), None), ((1, 100, 200), None), ((50,) * 6 + (1,), rng.permutation(301))]:
+        x = feats if perm is None else feats[perm]
+        stats = StreamingStats()
+        for chunk in np.split(x, np.cumsum(sizes)[:-1]):
+            stats.update(chunk)
+        assert stats.count == 301
+        np.testing.assert_allclose(stats.mean, ref_mu, rtol=1e-13)
+        np.testing.assert_allclose(stats.covariance, ref_sigma, rtol=1e-10, atol=1e-12)
+    dev = StreamingStats()
+    for chunk in np.array_split(feats - 1e3, 3):           # jax arrays: per-batch moments on device, float32
+        dev.update(jax.numpy.asarray(chunk, jax.numpy.float32))
+    np.testing.assert_allclose(dev.covariance, np.cov(feats - 1e3, rowvar=False), rtol=1e-5, atol=1e-5)
+
+
+def test_merge_equals_single_pass():
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(90, 8))
+    a = StreamingStats().update(feats[:30])
+    b = StreamingStats().update(feats[30:])
+    a.merge(b)
+    np.testing.assert_allclose(a.covariance, np.cov(feats, rowvar=False), rtol=1e-12)
+
+
+def test_bad_inputs_raise_value_error():
+    with pytest.raises(ValueError, match="covariances"):
+        frechet_distance(np.zeros(3), np.eye(2), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="non-finite"):
+        frechet_distance(np.zeros(2), np.full((2, 2), np.nan), np.zeros(2), np.eye(2))
+    s = StreamingStats().update(np.zeros((4, 3)))
+    with pytest.raises(ValueError, match="dimension"):
+        s.update(np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="at least 2"):
+        StreamingStats().update(np.zeros((1, 3))).covariance  # noqa: B018
+
+
+def test_stats_file_round_trip_keeps_metadata_and_never_overwrites(tmp_path):
+    rng = np.random.default_rng(6)
+    meta = {"dataset": "digits", "split": "train", "resize": "pytorch_fid", "weights_sha256": "ab"}
+    s = FIDStats.from_features(rng.normal(size=(20, 5)), **meta)
+    path = tmp_path / "ref.npz"
+    s.save(path)
+    back = FIDStats.load(path)
+    np.testing.assert_array_equal(back.mu, s.mu)
+    np.testing.assert_array_equal(back.sigma, s.sigma)
+    assert back.count == 20 and back.metadata == meta
+    with pytest.raises(FileExistsError):
+        s.save(path)
+    np.savez(tmp_path / "pytorch_fid_style.npz", mu=s.mu, sigma=s.sigma)    # foreign files: mu and sigma only
+    assert FIDStats.load(tmp_path / "pytorch_fid_style.npz").distance(s) == pytest.approx(0, abs=1e-9)
+    assert json.loads(json.dumps(back.metadata)) == meta
