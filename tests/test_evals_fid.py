@@ -1,6 +1,9 @@
 """Fréchet distance and streaming statistics: closed forms, invariances, round trips (no Inception weights needed)."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -130,3 +133,40 @@ def test_stats_file_round_trip_keeps_metadata_and_never_overwrites(tmp_path):
     np.savez(tmp_path / "pytorch_fid_style.npz", mu=s.mu, sigma=s.sigma)    # foreign files: mu and sigma only
     assert FIDStats.load(tmp_path / "pytorch_fid_style.npz").distance(s) == pytest.approx(0, abs=1e-9)
     assert json.loads(json.dumps(back.metadata)) == meta
+
+
+DEVICE_SCRIPT = """
+import sys, numpy as np, jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from flowgen.evals.fid import StreamingStats
+from flowgen.evals.inception import data_mesh
+feats = np.random.default_rng(7).normal(size=(96, 40)).astype(np.float32) * 2 + 5
+sharding = NamedSharding(data_mesh(), P("data"))
+stats = StreamingStats()
+for chunk in np.split(feats, 3):
+    batch = jax.device_put(chunk, sharding)
+    assert len(batch.sharding.device_set) == jax.device_count()
+    stats.update(batch)
+np.savez(sys.argv[1], mu=stats.mean, sigma=stats.covariance, devices=jax.device_count())
+"""
+
+
+def run_on_devices(script, devices, *args):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    res = subprocess.run([sys.executable, "-c", script, *map(str, args)], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def test_sharded_statistics_do_not_depend_on_the_device_count(tmp_path):
+    out = {}
+    for devices in (1, 8):
+        run_on_devices(DEVICE_SCRIPT, devices, tmp_path / f"{devices}.npz")
+        out[devices] = np.load(tmp_path / f"{devices}.npz")
+        assert int(out[devices]["devices"]) == devices
+    feats = np.random.default_rng(7).normal(size=(96, 40)).astype(np.float32) * 2 + 5
+    for devices in (1, 8):
+        np.testing.assert_allclose(out[devices]["mu"], feats.mean(0, dtype=np.float64), rtol=1e-6)
+        np.testing.assert_allclose(out[devices]["sigma"], np.cov(feats.astype(np.float64), rowvar=False), atol=2e-5)
+    np.testing.assert_allclose(out[1]["sigma"], out[8]["sigma"], atol=2e-5)

@@ -175,3 +175,129 @@ class FIDStats:
     def distance(self, other: FIDStats) -> float:
         """Fréchet distance to ``other``."""
         return frechet_distance(self.mu, self.sigma, other.mu, other.sigma)
+
+
+def check_comparable(a: FIDStats, b: FIDStats) -> None:
+    """Refuse to compare statistics made with different features: resize mode or weights recorded differently."""
+    for key in ("resize", "weights_sha256", "features"):
+        va, vb = a.metadata.get(key), b.metadata.get(key)
+        if va is not None and vb is not None and va != vb:
+            raise ValueError(f"statistics differ in {key}: {va!r} vs {vb!r}; recompute one of them")
+
+
+def fid_result(samples: FIDStats, reference: FIDStats) -> dict:
+    """FID of ``samples`` against ``reference`` with the settings a reader needs to trust it.
+
+    Records the sample count, the reference's dataset/split/count, the resize mode and the weights, and whatever
+    the samples' metadata holds (sampler, NFE, seed).
+    """
+    check_comparable(samples, reference)
+    ref = {k: reference.metadata.get(k) for k in ("dataset", "split")} | {"count": reference.count}
+    meta = {k: v for k, v in samples.metadata.items() if k not in ("resize", "weights_sha256")}
+    return {"fid": samples.distance(reference), "count": samples.count, "reference": ref,
+            "resize": samples.metadata.get("resize", reference.metadata.get("resize")),
+            "weights_sha256": samples.metadata.get("weights_sha256", reference.metadata.get("weights_sha256")),
+            **meta}
+
+
+def inception_stats(images, params, resize: str = "tf_legacy", batch_size: int = 64, mesh=None,
+                    **metadata) -> FIDStats:
+    """FID Inception statistics of uint8 (N, H, W, 3) images, features and moments computed on all devices.
+
+    ``metadata`` (e.g. dataset, split, sampler, nfe, seed, weights_sha256) is recorded beside count and resize.
+    """
+    from flowgen.evals import inception
+
+    stats = StreamingStats()
+    for batch in inception.feature_batches(params, images, resize=resize, batch_size=batch_size, mesh=mesh):
+        stats.update(batch)
+    return stats.finalize(resize=resize, features="fid_inception_2015_12_05_pool3", **metadata)
+
+
+def cached_reference_stats(dataset: str, split: str, images, params, resize: str = "tf_legacy",
+                           weights_sha256: str = "", cache_dir=None, batch_size: int = 64) -> FIDStats:
+    """Reference statistics of a data set split, computed once and then read from the cache.
+
+    ``images``: uint8 (N, H, W, 3) array or a zero-argument callable returning it (called only when the cache has
+    no entry). The file name carries dataset, split, resize and weights; a cached file whose recorded metadata
+    disagrees with the request is refused rather than silently used.
+    """
+    from flowgen.evals import inception_weights
+
+    directory = inception_weights.cache_dir() if cache_dir is None else cache_dir
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"fid_ref_{dataset}_{split}_{resize}_{weights_sha256[:12] or 'weights'}.npz")
+    want = {"dataset": dataset, "split": split, "resize": resize, "weights_sha256": weights_sha256}
+    if os.path.exists(path):
+        stats = FIDStats.load(path)
+        have = {k: stats.metadata.get(k) for k in want}
+        if have != want:
+            raise ValueError(f"cached {path} was made with {have}, not {want}; move it away to recompute")
+        return stats
+    stats = inception_stats(images() if callable(images) else images, params, resize, batch_size, **want)
+    stats.save(path)
+    return stats
+
+
+def _load_input(path: str):
+    """(FIDStats or None, images or None) from an .npz of statistics or of uint8 NHWC images."""
+    if not path.endswith(".npz"):
+        raise ValueError(f"{path}: expected an .npz of uint8 images (key 'images') or of statistics (mu, sigma)")
+    with np.load(path, allow_pickle=False) as data:
+        if {"mu", "sigma"} <= set(data.files):
+            return FIDStats.load(path), None
+        if "images" in data.files:
+            images = data["images"]
+        elif len(data.files) == 1:
+            images = data[data.files[0]]
+        else:
+            raise ValueError(f"{path}: no 'images' key and several arrays {data.files}; cannot tell which to use")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}")
+    return None, images
+
+
+def main(argv=None) -> int:
+    """``python -m flowgen.evals.fid A B``: FID between two .npz files of uint8 NHWC images or cached statistics."""
+    import argparse
+
+    from flowgen.evals import inception, inception_weights
+
+    parser = argparse.ArgumentParser(prog="python -m flowgen.evals.fid", description=main.__doc__)
+    parser.add_argument("a", help=".npz with uint8 (N, H, W, 3) images ('images' or its only array) or statistics")
+    parser.add_argument("b", help="the same for the other set")
+    parser.add_argument("--resize", default="tf_legacy", choices=inception.RESIZE_MODES)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--weights", default=None, help="Inception weights file (default: fetch into the cache)")
+    parser.add_argument("--save-stats", nargs=2, metavar=("A_OUT", "B_OUT"), default=None,
+                        help="also write each side's statistics (.npz, never overwriting)")
+    args = parser.parse_args(argv)
+    loaded = [_load_input(p) for p in (args.a, args.b)]
+    params, sha = None, None
+    stats = []
+    for path, (st, images) in zip((args.a, args.b), loaded, strict=True):
+        if st is None:
+            if params is None:
+                weights = inception_weights.fetch() if args.weights is None else args.weights
+                sha = inception_weights.sha256(weights)
+                params = inception.load_params(weights)
+            st = inception_stats(images, params, args.resize, args.batch_size, source=os.path.basename(path),
+                                 weights_sha256=sha)
+        stats.append(st)
+    check_comparable(*stats)           # e.g. a cached file made with the other resize
+    if args.save_stats:
+        for st, out in zip(stats, args.save_stats, strict=True):
+            st.save(out)
+    for name, st in zip("AB", stats, strict=True):
+        meta = {k: v for k, v in st.metadata.items() if k != "features"}
+        print(f"{name}: {getattr(args, name.lower())}  count={st.count}  {json.dumps(meta, sort_keys=True)}")
+    print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}  batch_size={args.batch_size}  "
+          f"resize={args.resize}")
+    print(f"FID: {stats[0].distance(stats[1]):.6f}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
