@@ -21,11 +21,13 @@ def random_spd(rng, d, rank=None):
     return a @ a.T / (rank or d)
 
 
-def test_identical_statistics_give_zero():
+@pytest.mark.parametrize("n", [500, 6])
+def test_identical_statistics_give_zero(n):
+    """Also with fewer samples than dimensions (rank 5 of 256), where eigh's ±ε noise eigenvalues must not count."""
     rng = np.random.default_rng(0)
-    feats = rng.normal(size=(500, 64)) @ rng.normal(size=(64, 64))
+    feats = np.abs(rng.normal(size=(n, 256)))
     s = FIDStats.from_features(feats)
-    assert abs(s.distance(s)) < 1e-9 * np.trace(s.sigma)
+    assert abs(s.distance(s)) < 1e-12 * np.trace(s.sigma)
 
 
 def test_commuting_gaussians_closed_form():
@@ -170,3 +172,108 @@ def test_sharded_statistics_do_not_depend_on_the_device_count(tmp_path):
         np.testing.assert_allclose(out[devices]["mu"], feats.mean(0, dtype=np.float64), rtol=1e-6)
         np.testing.assert_allclose(out[devices]["sigma"], np.cov(feats.astype(np.float64), rowvar=False), atol=2e-5)
     np.testing.assert_allclose(out[1]["sigma"], out[8]["sigma"], atol=2e-5)
+
+
+def test_reference_stats_are_computed_once_and_checked(tmp_path, monkeypatch):
+    from flowgen.evals import fid
+
+    calls = []
+
+    def fake_stats(images, params, resize, batch_size, **meta):
+        calls.append(len(images))
+        return FIDStats.from_features(images.reshape(len(images), -1).astype(np.float64), resize=resize, **meta)
+
+    monkeypatch.setattr(fid, "inception_stats", fake_stats)
+    images = np.random.default_rng(8).integers(0, 256, (10, 2, 2, 3), dtype=np.uint8)
+    load = lambda: (calls.append("loaded"), images)[1]
+    first = fid.cached_reference_stats("digits", "train", load, None, weights_sha256="ab" * 32, cache_dir=tmp_path)
+    again = fid.cached_reference_stats("digits", "train", load, None, weights_sha256="ab" * 32, cache_dir=tmp_path)
+    assert calls == ["loaded", 10]                        # the second call neither loads the data nor computes
+    np.testing.assert_array_equal(first.sigma, again.sigma)
+    assert again.metadata == {"dataset": "digits", "split": "train", "resize": "tf_legacy", "weights_sha256": "ab" * 32}
+    assert again.count == 10
+    path = next(tmp_path.glob("*.npz"))
+    bad = FIDStats(first.mu, first.sigma, 10, {**first.metadata, "split": "test"})
+    path.unlink()
+    bad.save(path)
+    with pytest.raises(ValueError, match="move it away"):
+        fid.cached_reference_stats("digits", "train", load, None, weights_sha256="ab" * 32, cache_dir=tmp_path)
+
+
+def test_results_refuse_mismatched_settings_and_record_them():
+    from flowgen.evals.fid import fid_result
+
+    rng = np.random.default_rng(9)
+    ref = FIDStats.from_features(rng.normal(size=(50, 3)), dataset="cifar10", split="train", resize="tf_legacy")
+    ours = FIDStats.from_features(rng.normal(size=(40, 3)), resize="tf_legacy", sampler="heun", nfe=35, seed=0)
+    res = fid_result(ours, ref)
+    assert res["count"] == 40 and res["reference"] == {"dataset": "cifar10", "split": "train", "count": 50}
+    assert (res["resize"], res["sampler"], res["nfe"], res["seed"]) == ("tf_legacy", "heun", 35, 0)
+    other = FIDStats(ours.mu, ours.sigma, 40, {"resize": "pytorch_fid"})
+    with pytest.raises(ValueError, match="resize"):
+        fid_result(other, ref)
+
+
+PIPELINE_SCRIPT = """
+import sys, numpy as np, jax
+from flowgen.evals import inception, inception_weights
+from flowgen.evals.fid import inception_stats
+params = inception.load_params(inception_weights.fetch())
+images = np.random.default_rng(10).integers(0, 256, (8, 24, 24, 3), dtype=np.uint8)
+a = inception_stats(images, params, batch_size=8)
+b = inception_stats(images[::-1], params, batch_size=8)
+np.savez(sys.argv[1], mu=a.mu, sigma=a.sigma, mu_rev=b.mu, sigma_rev=b.sigma, fid_rev=a.distance(b),
+         devices=jax.device_count())
+"""
+
+
+@pytest.fixture(scope="module")
+def weights():
+    from flowgen.evals import inception_weights
+
+    try:
+        return inception_weights.fetch()
+    except inception_weights.WeightsUnavailable as e:
+        pytest.skip(f"FID Inception weights unavailable (no network?): {str(e).splitlines()[0]}")
+
+
+@pytest.mark.slow
+def test_inception_fid_invariant_to_device_count_and_sample_order(weights, tmp_path):
+    out = {}
+    for devices in (1, 8):
+        run_on_devices(PIPELINE_SCRIPT, devices, tmp_path / f"{devices}.npz")
+        out[devices] = np.load(tmp_path / f"{devices}.npz")
+        assert int(out[devices]["devices"]) == devices
+        assert abs(float(out[devices]["fid_rev"])) < 1e-4
+    np.testing.assert_allclose(out[1]["mu"], out[8]["mu"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(out[1]["sigma"], out[8]["sigma"], atol=1e-5)
+    one, eight = (FIDStats(out[d]["mu"], out[d]["sigma"], 8) for d in (1, 8))
+    assert abs(one.distance(eight)) < 1e-4
+
+
+@pytest.mark.slow
+def test_command_line_on_images_and_on_saved_statistics(weights, tmp_path):
+    rng = np.random.default_rng(11)
+    a = rng.integers(0, 256, (6, 20, 20, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 40, a.shape), 0, 255).astype(np.uint8)
+    np.savez(tmp_path / "a.npz", images=a)
+    np.savez(tmp_path / "b.npz", b)                      # its only array, no "images" key
+
+    def cli(*args):
+        res = subprocess.run([sys.executable, "-m", "flowgen.evals.fid", *map(str, args)], cwd=REPO,
+                             capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        assert res.returncode == 0, res.stderr[-3000:]
+        last = res.stdout.strip().splitlines()[-1]
+        assert last.startswith("FID: ")
+        return float(last[5:]), res.stdout
+
+    fid_images, text = cli(tmp_path / "a.npz", tmp_path / "b.npz", "--save-stats", tmp_path / "sa.npz",
+                           tmp_path / "sb.npz")
+    assert fid_images > 0 and "resize=tf_legacy" in text and "count=6" in text
+    fid_stats, _ = cli(tmp_path / "sa.npz", tmp_path / "sb.npz")
+    assert fid_stats == fid_images
+    saved = FIDStats.load(tmp_path / "sa.npz")
+    assert saved.count == 6 and saved.metadata["resize"] == "tf_legacy" and len(saved.metadata["weights_sha256"]) == 64
+    same, _ = cli(tmp_path / "a.npz", tmp_path / "sa.npz")   # the same images again: FID 0
+    assert abs(same) < 1e-6

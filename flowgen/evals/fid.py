@@ -18,10 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _psd_eigenvalues_floor(w: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a symmetric PSD matrix with those below its round-off floor (D·ε·λ_max) set to 0.
+
+    ``eigh`` returns the zero eigenvalues of a rank-deficient covariance (fewer samples than dimensions) as ±ε·λ_max
+    noise; their square roots, ~sqrt(ε·λ_max) each, would add up to a spurious 1e-5 in FID(s, s).
+    """
+    floor = len(w) * np.finfo(np.float64).eps * max(float(np.max(w)), 0.0)
+    return np.where(w > floor, w, 0.0)
+
+
 def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
-    """Symmetric square root of a symmetric positive semi-definite matrix; round-off negative eigenvalues → 0."""
+    """Symmetric square root of a symmetric positive semi-definite matrix."""
     w, v = np.linalg.eigh(matrix)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    return (v * np.sqrt(_psd_eigenvalues_floor(w))) @ v.T
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -47,7 +57,7 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     root1 = _sqrt_psd((sigma1 + sigma1.T) / 2)
     inner = root1 @ ((sigma2 + sigma2.T) / 2) @ root1
     eig = np.linalg.eigvalsh((inner + inner.T) / 2)
-    tr_covmean = np.sum(np.sqrt(np.clip(eig, 0.0, None)))
+    tr_covmean = np.sum(np.sqrt(_psd_eigenvalues_floor(eig)))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
@@ -234,7 +244,8 @@ def cached_reference_stats(dataset: str, split: str, images, params, resize: str
         if have != want:
             raise ValueError(f"cached {path} was made with {have}, not {want}; move it away to recompute")
         return stats
-    stats = inception_stats(images() if callable(images) else images, params, resize, batch_size, **want)
+    stats = inception_stats(images() if callable(images) else images, params, resize, batch_size, dataset=dataset,
+                            split=split, weights_sha256=weights_sha256)
     stats.save(path)
     return stats
 

@@ -293,7 +293,8 @@ def feature_batches(params, images, resize: str = "tf_legacy", batch_size: int =
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     mesh = data_mesh() if mesh is None else mesh
     n_dev = mesh.devices.size
-    batch_size = -(-batch_size // n_dev) * n_dev
+    batch_size = min(batch_size, len(images))               # a small set is not padded to a large batch
+    batch_size = -(-max(batch_size, 1) // n_dev) * n_dev
     data = NamedSharding(mesh, P("data"))
     params = jax.device_put(params, NamedSharding(mesh, P()))
     for start in range(0, len(images), batch_size):
