@@ -106,8 +106,8 @@ def test_quantize_matches_edm_rounding():
 
 
 def test_fetch_fails_fast_offline_and_keeps_a_bad_file(tmp_path):
-    env = {**os.environ, "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_NO_CACHE_DIR": "1",
-           "PIP_FIND_LINKS": "", "PIP_TRUSTED_HOST": "127.0.0.1"}
+    env = {**os.environ, "PIP_CONFIG_FILE": os.devnull, "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+           "PIP_EXTRA_INDEX_URL": "", "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": "", "PIP_TRUSTED_HOST": "127.0.0.1"}
     code = ("from flowgen.evals import inception_weights as w; import sys; "
             "sys.exit(w.main(['--cache-dir', sys.argv[1]]))")
     start = time.perf_counter()

@@ -2,9 +2,14 @@
 
     FID = ‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2 tr (Σ₁^½ Σ₂ Σ₁^½)^½            (Heusel et al. 2017; Dowson & Landau 1982)
 
-This module is pure numpy/JAX: it never imports the Inception network, so any feature extractor (the FID
-Inception-v3 of :mod:`flowgen.evals.inception`, a digits classifier) can feed :class:`StreamingStats`.
-``python -m flowgen.evals.fid A B`` is the command line (see :func:`main`).
+The core (:func:`frechet_distance`, :class:`StreamingStats`, :class:`FIDStats`) is pure numpy/JAX and imports no
+network, so any feature extractor (the FID Inception-v3 of :mod:`flowgen.evals.inception`, a digits classifier)
+can feed it. :func:`inception_stats` and :func:`cached_reference_stats` add the Inception features.
+
+    python -m flowgen.evals.fid A.npz B.npz [--resize tf_legacy|pytorch_fid] [--save-stats SA.npz SB.npz]
+
+Each of A and B holds uint8 (N, H, W, 3) images (key ``images`` or its only array) or statistics (``mu``,
+``sigma``: ours, pytorch-fid's or TTUR's); the settings of each side are printed, then ``FID: <value>`` last.
 """
 
 from __future__ import annotations
