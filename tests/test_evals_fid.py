@@ -277,3 +277,16 @@ def test_command_line_on_images_and_on_saved_statistics(weights, tmp_path):
     assert saved.count == 6 and saved.metadata["resize"] == "tf_legacy" and len(saved.metadata["weights_sha256"]) == 64
     same, _ = cli(tmp_path / "a.npz", tmp_path / "sa.npz")   # the same images again: FID 0
     assert abs(same) < 1e-6
+
+
+def test_command_line_refuses_bad_files_before_any_work(tmp_path):
+    from flowgen.evals import fid
+
+    np.savez(tmp_path / "float.npz", images=np.zeros((2, 8, 8, 3), np.float32))
+    np.savez(tmp_path / "two.npz", x=np.zeros((2, 8, 8, 3), np.uint8), y=np.zeros(3))
+    with pytest.raises(ValueError, match="uint8"):
+        fid.main([str(tmp_path / "float.npz"), str(tmp_path / "two.npz")])
+    with pytest.raises(ValueError, match="several arrays"):
+        fid.main([str(tmp_path / "two.npz"), str(tmp_path / "float.npz")])
+    with pytest.raises(ValueError, match=".npz"):
+        fid.main([str(tmp_path / "images.png"), str(tmp_path / "two.npz")])
