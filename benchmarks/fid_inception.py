@@ -1,0 +1,121 @@
+"""FID-Inception throughput on this machine: flowgen's JAX port vs the TorchScript model in PyTorch, side by side.
+
+    python benchmarks/fid_inception.py --torch-python /path/to/venv-with-torch/bin/python [--batch 16 --rounds 5]
+
+Both sides compute (N, 2048) pool features of the same uint8 batch of 299×299 images (no resize), float32, on the
+CPU with every thread they get by default. flowgen runs ``inception.features`` in this process (jit, data-parallel
+over ``jax.devices()``); PyTorch runs ``torch.jit.load(default_1.pt)`` under ``torch.no_grad()`` in a worker
+subprocess started with ``--torch-python`` (torch is no flowgen dependency). After one warm-up call on each side,
+the rounds alternate flowgen, torch, flowgen, torch, …, so a shared machine's drift hits both alike; reported are
+images/s from the median round and the ratio flowgen / torch (target ≥ 1), with the machine's float32 matmul
+GFLOP/s (2048² matmul in JAX) and the GFLOP/s each side reaches at ~5.7 GFLOPs per image (2 × 2.85 G MACs).
+Writes ``results/benchmarks/fid_inception-<UTC time>.json`` (never overwrites); prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import common  # noqa: E402
+
+from flowgen.evals import inception, inception_weights  # noqa: E402
+
+GFLOP_PER_IMAGE = 5.71        # 2 × multiply-adds of the convolutions at 299² (2.85 G MACs)
+
+TORCH_WORKER = r"""
+import sys, time, numpy as np, torch
+torch.set_grad_enabled(False)
+model = torch.jit.load(sys.argv[1], map_location="cpu").eval()
+images = np.load(sys.argv[2])
+x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 128 - 1
+model(x)                                           # warm-up (TorchScript profiling runs)
+model(x)
+print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+for line in sys.stdin:
+    start = time.perf_counter()
+    out = model(x)
+    print(time.perf_counter() - start, flush=True)
+""".replace("import sys,", "import json, sys,")
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    common.time_call(lambda: f(a))
+    return 2 * n**3 / min(common.time_call(lambda: f(a)) for _ in range(reps)) / 1e9
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--torch-python", default=None, help="a Python with torch installed (else flowgen only)")
+    parser.add_argument("--weights", default=None, help="default_1.pt (default: fetch into the cache)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--out-dir", default=None)
+    args = parser.parse_args()
+
+    weights = args.weights or str(inception_weights.fetch())
+    images = np.random.default_rng(0).integers(0, 256, (args.batch, 299, 299, 3), dtype=np.uint8)
+    params = inception.load_params(weights)
+    params_dev = jax.device_put(params)
+    run_jax = lambda: inception.features(params_dev, images, batch_size=args.batch)
+    start = time.perf_counter()
+    ours = run_jax()
+    compile_s = time.perf_counter() - start
+
+    worker, torch_info = None, None
+    if args.torch_python:
+        tmp = os.path.join(os.path.dirname(weights), f"bench_images_{os.getpid()}.npy")
+        np.save(tmp, images)
+        worker = subprocess.Popen([args.torch_python, "-c", TORCH_WORKER, weights, tmp], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        torch_info = json.loads(worker.stdout.readline())
+        os.remove(tmp)
+
+    jax_s, torch_s = [], []
+    for _ in range(args.rounds):
+        jax_s.append(common.time_call(run_jax))
+        if worker:
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+            torch_s.append(float(worker.stdout.readline()))
+    if worker:
+        worker.stdin.close()
+        worker.wait(timeout=60)
+
+    gflops = matmul_gflops()
+    jax_ips = args.batch / common.median(jax_s)
+    rows = [["flowgen (JAX)", f"{jax_ips:.2f}", f"{jax_ips * GFLOP_PER_IMAGE:.1f}", f"{min(jax_s):.2f}"]]
+    result = {"batch": args.batch, "rounds": args.rounds, "matmul_gflops": gflops, "jax_seconds": jax_s,
+              "jax_images_per_s": jax_ips, "jax_first_call_s": compile_s, "torch": torch_info,
+              "finite": bool(np.isfinite(ours).all())}
+    if torch_s:
+        torch_ips = args.batch / common.median(torch_s)
+        rows.append([f"TorchScript (torch {torch_info['torch']}, {torch_info['threads']} threads)",
+                     f"{torch_ips:.2f}", f"{torch_ips * GFLOP_PER_IMAGE:.1f}", f"{min(torch_s):.2f}"])
+        result |= {"torch_seconds": torch_s, "torch_images_per_s": torch_ips, "ratio": jax_ips / torch_ips}
+    print(f"FID Inception-v3, {args.batch} images of 299², {args.rounds} interleaved rounds; "
+          f"machine: {gflops:.1f} GFLOP/s float32 matmul (JAX), {os.cpu_count()} CPUs, {jax.device_count()} "
+          f"JAX device(s)\n")
+    print(common.markdown_table(["", "images/s (median round)", "GFLOP/s", "best round s"], rows))
+    if torch_s:
+        print(f"\nratio flowgen / torch: {result['ratio']:.2f}")
+    path = common.write_json("fid_inception", {"result": result, "environment": common.environment(),
+                                               "time": common.now_utc()}, args.out_dir)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
