@@ -47,6 +47,9 @@ def define_flags(values: flags.FlagValues, argv: list[str]) -> None:
                         flag_values=values)
     flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.", flag_values=values)
     flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.", flag_values=values)
+    flags.DEFINE_bool("distributed", False, "Multi-host: call jax.distributed.initialize() with no arguments, so JAX "
+                      "finds the coordinator and this process's index from the cluster (TPU pod slice, SLURM, ...).",
+                      flag_values=values)
     flags.DEFINE_bool("help", False, "Show this help.", short_name="h", flag_values=values)
 
 
@@ -80,8 +83,12 @@ def _run(values) -> int:
     from flowgen.train import config as config_lib
     from flowgen.train.resume import RunRefusedError
 
+    if values.coordinator and values.distributed:
+        return _error("--distributed finds the coordinator itself; give either it or --coordinator, not both")
     if values.coordinator:
         jax.distributed.initialize(values.coordinator, values.num_processes, values.process_id)
+    elif values.distributed:
+        jax.distributed.initialize()
     config = values.config
     mode = values.mode
     try:
