@@ -1,7 +1,7 @@
 """CIFAR-10, VP SDE with DDPM++ (continuous), after Song et al. 2021 (score_sde's vp/cifar10_ddpmpp_continuous).
 
 Published with this model family: DPM-Solver 4.70 FID at 10 NFE and 2.87 at 20 NFE on score_sde's VP checkpoint
-(Lu et al. 2022, 50k samples, unconditional; ANCHORS.md). Recipe: VP path, linear β 0.1→20, ε-prediction with the
+(Lu et al. 2022, 50k samples, unconditional). Recipe: VP path, linear β 0.1→20, ε-prediction with the
 plain ε-loss ("snr" weighting), t uniform on [0, 1 − 1e-5] (score_sde's ε = 1e-5 for training); score_sde's DDPM++
 U-Net (``UNET_PRESETS["ddpmpp_cifar10"]``, 61,804,419 parameters as in score_sde: ch 128, ch_mult 1-2-2-2,
 4 residual blocks, attention at 16×16, BigGAN-style residual up/down-sampling, dropout 0.1, skip rescaling);

@@ -1,5 +1,5 @@
 """CIFAR-10 unconditional EDM (Karras et al. 2022, config F for VP), published FID 1.97 at 35 NFE (18 Heun steps),
-50k samples (ANCHORS.md).
+50k samples.
 
 Recipe (EDM Table 1 and Appendix F): preconditioning with σ_data = 0.5; training σ: ln σ ~ N(−1.2, 1.2²); loss weight
 λ(σ) = (σ² + σ_data²)/(σ·σ_data)²; EDM's DDPM++ U-Net (``UNET_PRESETS["edm_ddpmpp_cifar10"]``: ch 128,

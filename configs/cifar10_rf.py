@@ -1,6 +1,6 @@
 """CIFAR-10 1-rectified flow, after Liu et al. 2023 (RectifiedFlow's cifar10_rf_gaussian_ddpmpp recipe).
 
-Published: FID 2.58 at 127 NFE (adaptive RK45), 50k samples, unconditional (ANCHORS.md). Recipe: linear path,
+Published: FID 2.58 at 127 NFE (adaptive RK45), 50k samples, unconditional. Recipe: linear path,
 velocity target, uniform t, independent coupling; the DDPM++ U-Net of score_sde (``UNET_PRESETS["ddpmpp_cifar10"]``,
 61,804,419 parameters as in RectifiedFlow's model: ch 128, ch_mult 1-2-2-2, 4 residual blocks per resolution,
 attention at 16×16, once per decoder level, BigGAN-style up/down-sampling residual blocks without FIR filters, skip

@@ -18,7 +18,7 @@ import socket
 from flowgen.data.toy import TOY_DATASETS
 
 # TFDS fetches catalogue datasets through its Google Cloud Storage mirror first; without a network TFDS's own
-# download would hang for minutes before failing (DESIGN.md §4), so probe it first and fail within seconds.
+# download would hang for minutes before failing, so probe it first and fail within seconds.
 _PROBE = ("storage.googleapis.com", 443)
 
 

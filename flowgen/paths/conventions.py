@@ -1,4 +1,4 @@
-"""Adapters to the conventions of other codebases (ANCHORS.md §9), each an exact change of variables.
+"""Adapters to the conventions of other codebases (docs/conventions.md), each an exact change of variables.
 
 - score_sde / DPM-Solver: diffusion time ``s = 1 − t`` (s = 0 data, s = 1 noise).
 - EDM (Karras et al. 2022): noise level ``σ_EDM = σ/α`` and scaled state ``x_EDM = x_t/α``, so that

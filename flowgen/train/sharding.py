@@ -3,7 +3,7 @@
 The mesh has two axes, ``("data", "fsdp")``, of sizes (n_devices / fsdp, fsdp). The global batch is split over
 *both* axes (every device sees a distinct slice). With fsdp = 1 parameters and optimiser state are replicated; with
 fsdp > 1 each large array is split along its largest axis divisible by fsdp, and XLA inserts the all-gathers. Axes are
-``AxisType.Auto`` (DESIGN.md §4: jax.make_mesh defaults to Explicit). The same code runs on 1 CPU, 8 forced CPU
+``AxisType.Auto`` (jax.make_mesh defaults to Explicit axes). The same code runs on 1 CPU, 8 forced CPU
 devices, a GPU, a TPU slice or several hosts (``jax.devices()`` is then global).
 """
 
