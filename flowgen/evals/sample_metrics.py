@@ -6,8 +6,8 @@ Distances between point clouds x (n, d) and y (m, d) (float64 numpy; a cloud wit
   ``scipy.optimize.linear_sum_assignment`` on squared Euclidean costs: W2 = sqrt(min_π (1/n)·Σᵢ ||xᵢ − y_π(i)||²).
 - ``sliced_w2``: sqrt of the mean over unit directions θ of W2²(θ·x, θ·y) (Rabin et al. 2011).
 - ``mmd2_rbf``: the unbiased estimate of the squared maximum mean discrepancy with a Gaussian kernel
-  k(a, b) = exp(−||a − b||²/(2h²)) (Gretton et al. 2012, eq. 3; it can be negative); bandwidth h = the median
-  of the pooled pairwise distances (Gretton et al.'s median heuristic) unless given.
+  k(a, b) = exp(−||a − b||²/(2h²)) (Gretton et al. 2012, eq. 3; it can be negative; the biased V-statistic on
+  request); bandwidth h = the median of the pooled pairwise distances (the median heuristic) unless given.
 - ``energy_distance``: 2·E||X − Y|| − E||X − X'|| − E||Y − Y'|| (Székely and Rizzo 2013), with U-statistics for
   the within-set terms (unbiased) or V-statistics (``unbiased=False``: then in 1-D exactly 2∫(F_x − F_y)²).
 - ``nll`` / ``nll_gap``: mean negative log-likelihood under an exact density (e.g.
@@ -32,6 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 import scipy.optimize
+import scipy.spatial.distance
 
 _BLOCK = 1024  # rows per block of pairwise computations: memory O(block·m), not O(n·m)
 
@@ -57,9 +58,8 @@ def _clouds(x, y, name: str, equal: bool = False) -> tuple[np.ndarray, np.ndarra
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """||aᵢ − bⱼ||² (len(a), len(b)), clipped at 0 against round-off."""
-    sq = np.sum(a**2, 1)[:, None] + np.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
-    return np.maximum(sq, 0.0)
+    """||aᵢ − bⱼ||² (len(a), len(b)) from the differences (exact 0 for equal points, unlike |a|² + |b|² − 2a·b)."""
+    return scipy.spatial.distance.cdist(a, b, "sqeuclidean")
 
 
 def _pair_sum(a: np.ndarray, b: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], same: bool) -> float:
@@ -110,12 +110,14 @@ def median_bandwidth(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.median(d))
 
 
-def mmd2_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None) -> float:
-    """Unbiased MMD² with kernel exp(−||a − b||²/(2h²)) (Gretton et al. 2012, eq. 3):
+def mmd2_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None, unbiased: bool = True) -> float:
+    """MMD² with the kernel k(a, b) = exp(−||a − b||²/(2h²)) (Gretton et al. 2012, eq. 3, unbiased):
 
-        (1/(n(n−1)))·Σ_{i≠j} k(xᵢ, xⱼ) + (1/(m(m−1)))·Σ_{i≠j} k(yᵢ, yⱼ) − (2/(nm))·Σ_{i,j} k(xᵢ, yⱼ).
+        (1/(n(n−1)))·Σ_{i≠j} k(xᵢ, xⱼ) + (1/(m(m−1)))·Σ_{i≠j} k(yᵢ, yⱼ) − (2/(nm))·Σ_{i,j} k(xᵢ, yⱼ),
 
-    h = ``median_bandwidth(x, y)`` if None. Its expectation is 0 when x and y come from one distribution.
+    whose expectation is 0 when x and y come from one distribution (it can be negative); ``unbiased=False`` sums
+    the within-set terms over all pairs (eq. 5, the V-statistic: ≥ 0, and 0 for identical sets).
+    h = ``median_bandwidth(x, y)`` if None.
     """
     clouds = _clouds(x, y, "mmd2_rbf")
     if clouds is None:
@@ -126,10 +128,12 @@ def mmd2_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None) -> fl
         raise ValueError(f"bandwidth must be > 0; got {h}")
     kernel = lambda sq: np.exp(-sq / (2.0 * h * h))
     n, m = len(x), len(y)
-    kxx = _pair_sum(x, x, kernel, same=True) / (n * (n - 1))
-    kyy = _pair_sum(y, y, kernel, same=True) / (m * (m - 1))
+    kxx = _pair_sum(x, x, kernel, same=True) + (0.0 if unbiased else n)   # k(x, x) = 1 on the diagonal
+    kyy = _pair_sum(y, y, kernel, same=True) + (0.0 if unbiased else m)
     kxy = _pair_sum(x, y, kernel, same=False) / (n * m)
-    return kxx + kyy - 2.0 * kxy
+    if unbiased:
+        return kxx / (n * (n - 1)) + kyy / (m * (m - 1)) - 2.0 * kxy
+    return kxx / n**2 + kyy / m**2 - 2.0 * kxy
 
 
 def energy_distance(x: np.ndarray, y: np.ndarray, unbiased: bool = True) -> float:
