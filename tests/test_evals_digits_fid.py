@@ -109,24 +109,6 @@ def test_non_finite_images_score_nan_and_bad_inputs_are_refused(test_images):
         digits_fid.digits_fid(test_images[:1])
 
 
-def test_frechet_distance_closed_forms():
-    rng = np.random.default_rng(0)
-    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
-    a, b = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
-    # Commuting (diagonal) covariances: ||μ₁ − μ₂||² + Σ(√a − √b)².
-    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
-    assert digits_fid._frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-12)
-    # General covariances: the textbook tr(Σ₁ + Σ₂ − 2·sqrtm(Σ₁Σ₂)).
-    m1, m2 = rng.normal(size=(5, 5)), rng.normal(size=(5, 5))
-    s1, s2 = m1 @ m1.T, m2 @ m2.T
-    textbook = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
-    assert digits_fid._frechet_distance(mu1, s1, mu2, s2) == pytest.approx(textbook, rel=1e-9)
-    assert digits_fid._frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
-    # Singular (rank-1) covariances are fine.
-    v = rng.normal(size=(5, 1))
-    assert digits_fid._frechet_distance(mu1, v @ v.T, mu1, v @ v.T) == pytest.approx(0.0, abs=1e-9)
-
-
 def test_training_script_refuses_to_overwrite(tmp_path):
     from flowgen.evals import train_digits_classifier as train
 

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowgen.evals.fid import frechet_distance
+
 WEIGHTS_FILE = "digits_classifier.npz"
 METADATA_FILE = "digits_classifier.json"
 FEATURE_DIM = 64
@@ -188,23 +190,6 @@ def statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
-def _frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """||μ₁ − μ₂||² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}; same formula as flowgen.evals.fid.
-
-    The trace term uses symmetric eigendecompositions (tr √(Σ₁Σ₂) = Σ √λᵢ of the PSD matrix Σ₁^{1/2}Σ₂Σ₁^{1/2}),
-    with round-off negative eigenvalues clipped to 0, so singular covariances (dead ReLU features, N < D) are fine.
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
-    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
-    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-    inner = root1 @ sigma2 @ root1
-    lam = np.linalg.eigvalsh((inner + inner.T) / 2)
-    trace_sqrt = np.sum(np.sqrt(np.clip(lam, 0.0, None)))
-    diff = mu1 - mu2
-    return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt, 0.0))
-
-
 @functools.cache
 def reference_stats(split: str = "train", space: str = "features") -> tuple[np.ndarray, np.ndarray]:
     """(μ, Σ) of a split's classifier features (``space="features"``) or raw 64 pixels (``"pixels"``); cached."""
@@ -226,7 +211,7 @@ def _distance(images, space: str, reference_split: str) -> float:
         return math.nan
     x = features(load_classifier(), images) if space == "features" else np.clip(images, -1, 1).reshape(
         len(images), -1)
-    return _frechet_distance(*statistics(x), *reference_stats(reference_split, space))
+    return frechet_distance(*statistics(x), *reference_stats(reference_split, space))
 
 
 def digits_fid(images, reference_split: str = "train") -> float:
