@@ -77,6 +77,7 @@ class DPMSolverPP2M(Solver):
     """
 
     name: ClassVar[str] = "dpmpp_2m"
+    default_grid: ClassVar[str] = "logsnr"
     order: ClassVar[int] = 2
 
     def init(self, ctx, x, t0):
@@ -111,6 +112,7 @@ class DPMSolverPP3M(Solver):
     """
 
     name: ClassVar[str] = "dpmpp_3m"
+    default_grid: ClassVar[str] = "logsnr"
     order: ClassVar[int] = 3
     lower_order_final: bool = True
 

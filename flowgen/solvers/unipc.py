@@ -55,6 +55,7 @@ class UniPC(Solver):
     """UniPC-bh2 multistep predictor–corrector with data prediction (see module docstring)."""
 
     name: ClassVar[str] = "unipc"
+    default_grid: ClassVar[str] = "logsnr"
     solver_order: int = 2
     lower_order_final: bool = True
 
