@@ -317,17 +317,17 @@ def test_training_config_uses_the_same_guidance_convention():
             config = base_config()
             config.sample.ema, config.sample.num_steps, config.loss.target = "params", 8, "velocity"
             config.sample.guidance = guidance
-            state = SimpleNamespace(params=None, ema={})
+            state = SimpleNamespace(params=jnp.zeros(()), ema={})
             x, _ = draw_samples(config, state, lambda p, x, t, c: model(x, t, c), LINEAR, (2,), 8, KEY, 16)
             return x
 
         assert base_config().sample.guidance is None
         conditional, w1, w0 = draw(None), draw(1.0), draw(0.0)
-        np.testing.assert_allclose(w1, conditional, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(w1, conditional, rtol=1e-5, atol=1e-5)     # draw_samples draws float32 noise
         config = base_config()
         unconditional, _ = fg.sample(GMM.model(LINEAR, "velocity"), LINEAR, solver=config.sample.solver, num_steps=8,
-                                     grid=config.sample.grid, key=KEY, shape=(16, 2), dtype=jnp.float64)
-        np.testing.assert_allclose(w0, unconditional, rtol=1e-10, atol=1e-12)
+                                     grid=config.sample.grid, key=KEY, shape=(16, 2))
+        np.testing.assert_allclose(w0, unconditional, rtol=1e-5, atol=1e-5)
         assert not np.allclose(conditional, unconditional)
 
 
