@@ -32,7 +32,10 @@ A solver that is not a Runge–Kutta tableau subclasses ``fg.solvers.Solver`` an
 for multistep state) or ``solve`` (adaptive); see ``flowgen/solvers/base.py``. Requirements on the path or target
 go in ``check_grid``, and a result that must not be returned eagerly is refused in ``check_result``.
 
-The tests below run this example: the new solver samples through ``fg.sample`` with measured NFE, converges at
+A variant of an existing solver under a new name (say an EDM sampler with S_churn = 40 by default) subclasses it
+and inherits what it knows: its default grid, being adaptive, its checks.
+
+The tests below run these examples: the new solver samples through ``fg.sample`` with measured NFE, converges at
 its order, and is swept by ``experiments.analytic_sweep`` without touching any other file.
 """
 
@@ -100,3 +103,41 @@ def test_default_step_counts_come_from_the_solver(registered):
                                                    "--max-nfe", "100", "--tolerances", "1e-3,1e-4"]))
     assert [c.steps for c in configs if c.spec.name == "ralston3"] == [1, 2, 4, 8, 16, 32]
     assert [(c.steps, c.solver().rtol) for c in configs if c.spec.name == "dopri5"] == [(None, 1e-3), (None, 1e-4)]
+
+
+@dataclasses.dataclass(frozen=True)
+class LooseDopri5(fg.solvers.Dopri5):
+    """A variant under its own name: it inherits being adaptive (no num_steps, swept over tolerances)."""
+
+    name: ClassVar[str] = "dopri5_loose"
+    rtol: float = 1e-3
+    atol: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ChurnEDM(fg.solvers.EDMStochastic):
+    """A variant under its own name: it inherits EDM's default grid and its need for α > 0 on the whole grid."""
+
+    name: ClassVar[str] = "edm_churn"
+    s_churn: float = 40.0
+
+
+def test_variants_under_new_names_inherit_what_their_solver_knows(monkeypatch):
+    monkeypatch.setitem(fg.solvers.SOLVERS, LooseDopri5.name, LooseDopri5)
+    monkeypatch.setitem(fg.solvers.SOLVERS, ChurnEDM.name, ChurnEDM)
+    path = fg.paths.get("linear")
+    model = fg.analytic.GaussianMixture.circle().model(path, "data")
+    z = jax.random.normal(jax.random.key(0), (16, 2))
+    x, info = fg.sample(model, path, target="data", solver="dopri5_loose", noise=z)          # no num_steps
+    same, _ = fg.sample(model, path, target="data", solver="dopri5", noise=z, solver_options=dict(rtol=1e-3,
+                                                                                                   atol=1e-3))
+    np.testing.assert_array_equal(x, same)
+    _, churn = fg.sample(model, path, target="data", solver="edm_churn", num_steps=6, noise=z, key=jax.random.key(1))
+    _, edm = fg.sample(model, path, target="data", solver="edm_stochastic", num_steps=6, noise=z)
+    np.testing.assert_array_equal(churn["grid"], edm["grid"])                           # EDM's ρ = 7 grid
+    with pytest.raises(ValueError, match=r"needs α\(t\) > 0"):
+        fg.sample(model, path, target="data", solver="edm_churn", num_steps=6, grid="uniform", noise=z,
+                  key=jax.random.key(1))
+    configs = sweep.make_configs(sweep.parse_args(["--paths", "linear", "--solvers", "dopri5_loose",
+                                                   "--tolerances", "1e-3,1e-4"]))
+    assert [(c.steps, c.solver().rtol, c.solver().atol) for c in configs] == [(None, 1e-3, 1e-3), (None, 1e-4, 1e-4)]
