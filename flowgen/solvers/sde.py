@@ -186,7 +186,7 @@ class EDMStochastic(Solver):
 
     def check_grid(self, path, target, ts, coefficients):
         if np.any(coefficients.alpha <= 0):
-            raise ValueError(f"edm_stochastic works in x/α and needs α(t) > 0 on the whole grid on path {path!r}")
+            raise ValueError(f"{self.name} works in x/α and needs α(t) > 0 on the whole grid on path {path!r}")
 
     def init(self, ctx, x, t0):
         return ctx.path.sigma_edm(t0)                                # σ̃ at the grid's start: the churn cap
