@@ -57,8 +57,8 @@ def host_eval(fn: Callable, t) -> np.ndarray:
     t = np.asarray(t, np.float64)
     flat = t.reshape(-1)
     n = flat.size
-    padded = np.concatenate([flat, np.full(-n % HOST_CHUNK or (HOST_CHUNK if n == 0 else 0),
-                                           flat[-1] if n else 0.5)])
+    pad = (-n) % HOST_CHUNK if n else HOST_CHUNK
+    padded = np.concatenate([flat, np.full(pad, flat[-1] if n else 0.5)])
     with jax.enable_x64(True), jax.ensure_compile_time_eval():
         chunks = [np.asarray(fn(jnp.asarray(padded[i:i + HOST_CHUNK], jnp.float64)), dtype=np.float64)
                   for i in range(0, padded.size, HOST_CHUNK)]
