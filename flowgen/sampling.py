@@ -254,8 +254,12 @@ def sample(
     elif null_cond is not None:
         raise ValueError("null_cond is only used with guidance=w")
 
-    # Times stay in the time dtype whatever the state's (a traced grid keeps a wider dtype if it has one).
-    grid_arr = jnp.asarray(ts, dtype=jnp.promote_types(jnp.result_type(ts), time_dtype()))
+    # Times stay in the time dtype whatever the state's (a traced grid keeps a wider dtype if it has one). A host
+    # grid is converted by numpy and transferred as is (jnp.asarray would compile a copy once per grid length).
+    if isinstance(ts, np.ndarray):
+        grid_arr = jax.device_put(ts.astype(time_dtype()))
+    else:
+        grid_arr = jnp.asarray(ts, dtype=jnp.promote_types(jnp.result_type(ts), time_dtype()))
     has_params, has_cond = params is not None, cond is not None
     weight = jnp.asarray(1.0 if guidance is None else guidance, time_dtype())
     x, info = _sample_jit(

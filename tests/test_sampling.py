@@ -397,4 +397,4 @@ def test_a_new_grid_length_costs_no_compilation_but_the_sampler(solver, path_nam
         return names
 
     compiles(10)                                           # first use of the host-side ops in this process
-    assert compiles(11) == compiles(1000) == compiles(3000) == ["_sample_jit"]
+    assert compiles(11) == compiles(1000) == compiles(3000) == ["jit(_sample_jit)"]
