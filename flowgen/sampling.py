@@ -14,8 +14,19 @@ Model calling convention (t is a (batch,) array):
 
 Classifier-free guidance (Ho & Salimans 2022) with ``guidance=w, cond=c, null_cond=∅``: the conditional and the
 unconditional passes run as one batch of 2B, and ``guided = uncond + w·(cond − uncond)`` is applied to every
-output channel. ``info["nfe"]`` counts model calls per sample; ``info["forward_passes"]`` counts network forward
-passes per sample (2 per guided call).
+output channel. So w = 1 is the plain conditional model, w = 0 the unconditional one, w > 1 guides; and
+``guidance=None`` (the default) means no guidance: the model is called once per step, with ``cond`` if given. The
+weight is a traced argument: ``jax.jit``/``jax.vmap`` over w sweep guidance weights in one compiled program.
+``info["nfe"]`` counts model calls per sample; ``info["forward_passes"]`` counts network forward passes per sample
+(2 per guided call).
+
+Precision: the state keeps the dtype of the noise (e.g. bfloat16); the grid, the times the model sees and every
+path coefficient stay float32 (float64 under x64), so a low-precision state never rounds a time (bfloat16 would
+turn t = 0.999 into 1.0, where a VP path's σ is 0). The model gets x_t in the state's dtype and t in the time dtype,
+and its prediction is cast to the state's dtype.
+
+Everything solver-specific (default grid, adaptive or not, what a path/target must satisfy, how to refuse a failed
+eager result) is asked of the solver; nothing here branches on a solver's name.
 """
 
 from __future__ import annotations
@@ -29,27 +40,32 @@ import numpy as np
 
 from flowgen import paths as paths_lib
 from flowgen import solvers as solvers_lib
-from flowgen.paths.schedules import Path, host_eval
+from flowgen.paths.schedules import Coefficients, Path, host_eval
 from flowgen.paths.targets import check_target
 from flowgen.solvers import grids as grids_lib
 from flowgen.solvers.base import Context, Solver
-from flowgen.solvers.sde import diffusion_coefficient
-
-# Grid each solver uses when only num_steps is given.
-DEFAULT_GRIDS = {"dpmpp_2m": "logsnr", "dpmpp_3m": "logsnr", "unipc": "logsnr", "edm_stochastic": "edm"}
 
 
 def _is_concrete(a) -> bool:
     return not isinstance(a, jax.core.Tracer)
 
 
+def time_dtype():
+    """The dtype of grids, times and path coefficients: float32, or float64 under x64 (never the state's)."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def _path_coefficients(path: Path, t) -> jax.Array:
+    return jnp.stack(path.coefficients(t))
+
+
 def _resolve_grid(path: Path, solver: Solver, grid, num_steps, t_start, t_end, rho):
     """Host-side grid (np.float64) or a traced array passed through; every error raised here, before tracing."""
     if grid is None:
-        grid = DEFAULT_GRIDS.get(solver.name, "uniform")
+        grid = solver.default_grid
     if isinstance(grid, str):
         if num_steps is None:
-            if solver.name != "dopri5":
+            if not solver.adaptive:
                 raise ValueError(f"grid={grid!r} needs num_steps (an integer >= 1), or pass an array of times")
             num_steps = 1
         return grids_lib.make_grid(grid, path, num_steps, t_start, t_end, rho)
@@ -67,8 +83,8 @@ def _resolve_grid(path: Path, solver: Solver, grid, num_steps, t_start, t_end, r
 
 def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray) -> None:
     """Refuse grids on which this path/target/solver would divide by zero or evaluate infinite coefficients."""
-    coeff = {k: v for k, v in zip(("alpha", "sigma", "d_alpha", "d_sigma"),
-                                  host_eval(lambda t: jnp.stack(path.coefficients(t)), ts), strict=True)}
+    coefficients = Coefficients(*host_eval(functools.partial(_path_coefficients, path), ts))
+    coeff = coefficients._asdict()
     evaluated = np.zeros(ts.shape, bool)
     evaluated[:-1] = True
     evaluated[-1] = solver.evaluates_at_step_end
@@ -91,18 +107,7 @@ def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray)
             )
     if target == "score" and np.any(evaluated & (coeff["sigma"] <= 0)):
         raise ValueError(f"the score is infinite where σ(t) = 0 (t={ts[-1]}) {where}; end the grid before it")
-    if solver.name == "edm_stochastic" and np.any(coeff["alpha"] <= 0):
-        raise ValueError(f"edm_stochastic works in x/α and needs α(t) > 0 on the whole grid {where}")
-    kinds = {"euler_maruyama": getattr(solver, "diffusion", None), "pc": "path"}
-    if solver.name in kinds:
-        w = host_eval(lambda t: diffusion_coefficient(
-            kinds[solver.name], getattr(solver, "diffusion_scale", 1.0), path, t), ts[:-1])
-        if not np.all(np.isfinite(np.asarray(w))):
-            raise ValueError(
-                f"the diffusion w(t) is not finite at t={ts[:-1][~np.isfinite(np.asarray(w))][0]:.6g} {where} "
-                f"(the path's g² is infinite where α = 0); start the grid later (t_start=1e-3) or choose "
-                f"solver_options=dict(diffusion='sigma')"
-            )
+    solver.check_grid(path, target, ts, coefficients)
 
 
 @functools.lru_cache(maxsize=256)
@@ -115,27 +120,30 @@ def _named_grid(path, target, solver, grid, num_steps, t_start, t_end, rho) -> n
     return ts
 
 
-def _model_caller(model: Callable, has_params: bool, has_cond: bool, guided: bool):
+def _model_caller(model: Callable, has_params: bool, has_cond: bool, guided: bool, dtype):
     """``predict(x, t, params, cond, null_cond, w)``: one model call at scalar t, guided if asked.
 
-    The prediction is cast to the dtype of x (the sampler's state keeps the dtype of the noise)."""
+    The model sees x in the state's ``dtype`` and t (a (batch,) array) in the time dtype; its prediction, guided
+    in the promoted dtype, is returned in the state's dtype."""
 
     def call(params, x, t, cond):
         args = ((params,) if has_params else ()) + (x, t) + ((cond,) if has_cond else ())
         return model(*args)
 
     def predict(x, t, params, cond, null_cond, weight):
-        t_batch = jnp.broadcast_to(jnp.asarray(t, x.dtype), (x.shape[0],))
+        x = x.astype(dtype)
+        t = jnp.asarray(t)
+        t_batch = jnp.broadcast_to(t.astype(jnp.promote_types(t.dtype, time_dtype())), (x.shape[0],))
         if not guided:
-            return call(params, x, t_batch, cond).astype(x.dtype)
+            return call(params, x, t_batch, cond).astype(dtype)
         both = call(
             params,
             jnp.concatenate([x, x]),
             jnp.concatenate([t_batch, t_batch]),
             jax.tree.map(lambda c, n: jnp.concatenate([c, n]), cond, null_cond),
         )
-        conditional, unconditional = jnp.split(both.astype(x.dtype), 2)
-        return unconditional + weight * (conditional - unconditional)
+        conditional, unconditional = jnp.split(both, 2)
+        return (unconditional + weight * (conditional - unconditional)).astype(dtype)
 
     return predict
 
@@ -144,10 +152,11 @@ def _model_caller(model: Callable, has_params: bool, has_cond: bool, guided: boo
                                              "guided", "denoise"))
 def _sample_jit(noise, grid, key, params, cond, null_cond, weight, *, model, path, target, solver, has_params,
                 has_cond, guided, denoise):
-    x0 = path.sigma(grid[0]).astype(noise.dtype) * noise
-    _check_model_output(model, x0, params, cond, has_params, has_cond)   # at trace time: before XLA compiles
-    predict_fn = _model_caller(model, has_params, has_cond, guided)
-    ctx = Context(path, target, lambda x, t: predict_fn(x, t, params, cond, null_cond, weight))
+    x0 = (path.sigma(grid[0]) * noise).astype(noise.dtype)
+    # At trace time, before XLA compiles anything:
+    _check_model_output(model, x0, jnp.zeros((), grid.dtype), params, cond, has_params, has_cond)
+    predict_fn = _model_caller(model, has_params, has_cond, guided, noise.dtype)
+    ctx = Context(path, target, lambda x, t: predict_fn(x, t, params, cond, null_cond, weight), noise.dtype)
     x, info = solver.solve(ctx, x0, grid, key)
     if denoise:
         x = ctx.denoise(x, grid[-1]).data
@@ -190,7 +199,9 @@ def sample(
         ``t_start``/``t_end``, default the path's [t_min, t_max]; ``rho`` for "edm"), or an increasing array of times.
       noise: standard normal noise of shape (batch, ...); or ``key`` and ``shape`` to draw it. Stochastic solvers
         need ``key`` (split from the noise key when noise is drawn here).
-      params, cond: extra model inputs; ``guidance`` (w) with ``null_cond`` turns on classifier-free guidance.
+      params, cond: extra model inputs; ``guidance`` (w) with ``null_cond`` turns on classifier-free guidance,
+        ``uncond + w·(cond − uncond)``: w = 1 is the conditional model, w = 0 the unconditional one; None (default)
+        calls the model once per step, unguided. w may be traced (jit/vmap over guidance weights).
       denoise: after the last time, return the model's data prediction x̂ there (one more call).
 
     Returns:
@@ -203,6 +214,8 @@ def sample(
     if num_steps is not None and (isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer))
                                   or num_steps < 1):
         raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}")
+    if num_steps is not None and num_steps < solver.min_steps:
+        raise ValueError(f"solver {solver.name!r} needs num_steps >= {solver.min_steps}; got {num_steps}")
     if solver.stochastic and key is None:
         raise ValueError(f"solver {solver.name!r} is stochastic: pass key=...")
     if isinstance(grid, str) or grid is None:
@@ -231,8 +244,9 @@ def sample(
     if guided:
         if cond is None or null_cond is None:
             raise ValueError("classifier-free guidance needs cond=... and null_cond=... (the unconditional label)")
-        if not (np.isscalar(guidance) or _is_concrete(guidance) and np.ndim(guidance) == 0):
-            raise ValueError(f"guidance must be a scalar weight; got {guidance!r}")
+        if isinstance(guidance, (bool, str)) or np.ndim(guidance) != 0 or not jnp.issubdtype(
+                jnp.result_type(guidance), jnp.number):
+            raise ValueError(f"guidance must be a scalar weight (a number or a 0-d array); got {guidance!r}")
         if _is_concrete(guidance) and not np.isfinite(float(guidance)):
             raise ValueError(f"guidance must be finite; got {guidance!r}")
         null_cond = jax.tree.map(lambda c, n: jnp.broadcast_to(jnp.asarray(n, jnp.asarray(c).dtype), jnp.shape(c)),
@@ -240,19 +254,27 @@ def sample(
     elif null_cond is not None:
         raise ValueError("null_cond is only used with guidance=w")
 
-    grid_arr = jnp.asarray(ts, dtype=noise.dtype)
+    # Times stay in the time dtype whatever the state's (a traced grid keeps a wider dtype if it has one). A host
+    # grid is converted by numpy and transferred as is (jnp.asarray would compile a copy once per grid length).
+    if isinstance(ts, np.ndarray):
+        grid_arr = jax.device_put(ts.astype(time_dtype()))
+    else:
+        grid_arr = jnp.asarray(ts, dtype=jnp.promote_types(jnp.result_type(ts), time_dtype()))
     has_params, has_cond = params is not None, cond is not None
-    return _sample_jit(
-        noise, grid_arr, key, params, cond, null_cond, jnp.asarray(1.0 if guidance is None else guidance, noise.dtype),
+    weight = jnp.asarray(1.0 if guidance is None else guidance, time_dtype())
+    x, info = _sample_jit(
+        noise, grid_arr, key, params, cond, null_cond, weight,
         model=model, path=path, target=target, solver=solver, has_params=has_params, has_cond=has_cond,
         guided=guided, denoise=denoise,
     )
+    if _is_concrete(x) and all(_is_concrete(v) for v in jax.tree.leaves(info)):
+        solver.check_result(x, info, np.asarray(info["grid"]))
+    return x, info
 
 
-def _check_model_output(model, x, params, cond, has_params, has_cond) -> None:
+def _check_model_output(model, x, t, params, cond, has_params, has_cond) -> None:
     """Abstractly evaluate one model call (no compilation) and require output shape == input shape."""
-    call = _model_caller(model, has_params, has_cond, guided=False)
-    t = jnp.zeros((), x.dtype)
+    call = _model_caller(model, has_params, has_cond, guided=False, dtype=x.dtype)
     try:
         out = jax.eval_shape(lambda x, p, c: call(x, t, p, c, None, None), x, params, cond)
     except Exception as e:  # the model's own error, with the call that caused it

@@ -70,7 +70,28 @@ def test_edm_without_churn_is_deterministic_heun_and_pc_without_corrector_is_eul
                       solver_options=dict(corrector_steps=0))
     em, _ = fg.sample(model, path, target="noise", solver="euler_maruyama", num_steps=10, noise=z,
                       key=jax.random.key(3))
-    assert np.all(np.isfinite(pc)) and pc.shape == em.shape
+    np.testing.assert_array_equal(pc, em)          # the same steps with the same noise
+    corrected, _ = fg.sample(model, path, target="noise", solver="pc", num_steps=10, noise=z, key=jax.random.key(3))
+    assert not np.allclose(corrected, em)
+
+
+def test_diffusion_scale_multiplies_a_callable_diffusion():
+    """w(t) given as a callable is scaled like the named kinds: scale 0 is the ODE, scale s is the callable s·w."""
+    path = fg.paths.get("vp_linear")
+    z = jax.random.normal(jax.random.key(0), (64, 2), jnp.float64)
+    model = GMM.model(path, "noise")
+
+    def w(t):
+        return 0.5 + t
+
+    def em(diffusion, scale):
+        return fg.sample(model, path, target="noise", solver="euler_maruyama", num_steps=12, noise=z,
+                         key=jax.random.key(4), solver_options=dict(diffusion=diffusion, diffusion_scale=scale))[0]
+
+    euler, _ = fg.sample(model, path, target="noise", solver="euler", num_steps=12, noise=z)
+    np.testing.assert_allclose(em(w, 0.0), euler, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(em(w, 2.5), em(lambda t: 2.5 * w(t), 1.0), rtol=1e-12, atol=1e-12)
+    assert not np.allclose(em(w, 2.5), em(w, 1.0))
 
 
 def test_stochastic_samplers_are_reproducible_from_the_key():

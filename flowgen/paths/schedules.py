@@ -44,17 +44,26 @@ def _derivative(fn: Callable[[jax.Array], jax.Array], t: jax.Array) -> jax.Array
     return jax.jvp(fn, (t,), (jnp.ones_like(t),))[1]
 
 
+HOST_CHUNK = 256
+
+
 def host_eval(fn: Callable, t) -> np.ndarray:
     """Evaluate ``fn(t)`` on the host in float64 (for grids and input checks), even inside a jit trace and whatever
-    the global x64 setting."""
+    the global x64 setting. ``fn`` must act elementwise along t's last axis.
+
+    The times are evaluated in chunks of ``HOST_CHUNK`` (the last one padded), so every op runs at one shape
+    whatever the grid's length: JAX compiles each op once per process, not once per grid size (a 1000-step grid
+    costs no more compilation than a 10-step one)."""
     t = np.asarray(t, np.float64)
     flat = t.reshape(-1)
-    # Pad to a power-of-two length so that grids of every length reuse the same few eager compilations.
-    size = 1 << max(int(flat.size) - 1, 0).bit_length()
-    padded = np.concatenate([flat, np.full(size - flat.size, flat[-1] if flat.size else 0.5)])
+    n = flat.size
+    pad = (-n) % HOST_CHUNK if n else HOST_CHUNK
+    padded = np.concatenate([flat, np.full(pad, flat[-1] if n else 0.5)])
     with jax.enable_x64(True), jax.ensure_compile_time_eval():
-        out = np.asarray(fn(jnp.asarray(padded, jnp.float64)), dtype=np.float64)
-    return out[..., : flat.size].reshape(out.shape[:-1] + t.shape)
+        chunks = [np.asarray(fn(jnp.asarray(padded[i:i + HOST_CHUNK], jnp.float64)), dtype=np.float64)
+                  for i in range(0, padded.size, HOST_CHUNK)]
+    out = np.concatenate(chunks, axis=-1)
+    return out[..., :n].reshape(out.shape[:-1] + t.shape)
 
 
 def _float(t) -> jax.Array:

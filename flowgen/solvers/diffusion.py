@@ -97,6 +97,7 @@ class DPMSolverPP2M(Solver):
     """
 
     name: ClassVar[str] = "dpmpp_2m"
+    default_grid: ClassVar[str] = "logsnr"
     order: ClassVar[int] = 2
     lower_order_final: bool = True
 
@@ -105,7 +106,7 @@ class DPMSolverPP2M(Solver):
             raise ValueError(f"dpmpp_2m: lower_order_final must be True or False; got {self.lower_order_final!r}")
 
     def init(self, ctx, x, t0):
-        return (jnp.zeros_like(x), jnp.ones((), x.dtype))          # previous x̂, previous h
+        return (jnp.zeros_like(x), jnp.ones((), jnp.asarray(t0).dtype))   # previous x̂, previous h (time dtype)
 
     def step(self, ctx: Context, state, x, t0, t1, key, index, remaining):
         prev_data, prev_h = state
@@ -144,6 +145,7 @@ class DPMSolverPP3M(Solver):
     """
 
     name: ClassVar[str] = "dpmpp_3m"
+    default_grid: ClassVar[str] = "logsnr"
     lower_order_final: bool = True
     taylor_exact_d2: bool = False
 
@@ -157,7 +159,7 @@ class DPMSolverPP3M(Solver):
                 raise ValueError(f"dpmpp_3m: {field} must be True or False; got {getattr(self, field)!r}")
 
     def init(self, ctx, x, t0):
-        one = jnp.ones((), x.dtype)
+        one = jnp.ones((), jnp.asarray(t0).dtype)                    # step sizes keep the grid's dtype
         return (jnp.zeros_like(x), jnp.zeros_like(x), one, one)    # x̂_{i−1}, x̂_{i−2}, h_{i−1}, h_{i−2}
 
     def step(self, ctx: Context, state, x, t0, t1, key, index, remaining):

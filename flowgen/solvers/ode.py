@@ -10,6 +10,9 @@ Each stage is one model call. Every stage time lies in [t0, t1], so the model is
     midpoint   order 2, 2 stages (explicit midpoint)
     heun       order 2, 2 stages (explicit trapezoid)
     rk4        order 4, 4 stages (classic Runge–Kutta)
+
+A new explicit method is a subclass with its tableau as data (``name``, ``order``, ``a``, ``b``, ``c`` and
+``evaluates_at_step_end = True`` if some c_i = 1) plus an entry in ``flowgen.solvers.SOLVERS``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ class ExplicitRK(Solver):
     a: ClassVar[tuple[tuple[float, ...], ...]] = ()
     b: ClassVar[tuple[float, ...]] = (1.0,)
     c: ClassVar[tuple[float, ...]] = (0.0,)
+
+    @property
+    def calls_per_step(self) -> int:
+        return len(self.c)
 
     def step(self, ctx: Context, state, x, t0, t1, key, index, remaining):
         h = t1 - t0

@@ -22,16 +22,18 @@ from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from flowgen.paths.schedules import host_eval
 from flowgen.solvers.base import Context, Solver
 
 DIFFUSIONS = ("zero", "path", "constant", "sigma")
 
 
 def diffusion_coefficient(kind: str | Callable, scale: float, path, t) -> jax.Array:
-    """w(t): ``zero`` 0; ``path`` scale·g²(t); ``constant`` scale; ``sigma`` scale·σ(t); or a callable w(t)."""
+    """w(t): ``zero`` 0; ``path`` scale·g²(t); ``constant`` scale; ``sigma`` scale·σ(t); a callable: scale·w(t)."""
     if callable(kind):
-        return jnp.asarray(kind(t))
+        return scale * jnp.asarray(kind(t))
     if kind == "zero":
         return jnp.zeros_like(jnp.asarray(t))
     if kind == "path":
@@ -48,6 +50,17 @@ def _check_diffusion(name, kind, scale):
         raise ValueError(f"{name}: unknown diffusion {kind!r}; valid: {', '.join(DIFFUSIONS)} or a callable w(t)")
     if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale >= 0):
         raise ValueError(f"{name}: diffusion_scale must be a finite number >= 0; got {scale!r}")
+
+
+def _check_finite_diffusion(solver, kind, scale, path, ts) -> None:
+    """The diffusion must be finite wherever a step starts (the path's g² is infinite where α = 0)."""
+    w = np.asarray(host_eval(lambda t: diffusion_coefficient(kind, scale, path, t), ts[:-1]))
+    if not np.all(np.isfinite(w)):
+        raise ValueError(
+            f"the diffusion w(t) is not finite at t={ts[:-1][~np.isfinite(w)][0]:.6g} on path {path!r} with solver "
+            f"{solver.name!r} (the path's g² is infinite where α = 0); start the grid later (t_start=1e-3) or "
+            f"choose solver_options=dict(diffusion='sigma')"
+        )
 
 
 def _reverse_sde_step(ctx: Context, diffusion, scale, x, t0, t1, key, remaining):
@@ -77,6 +90,9 @@ class EulerMaruyama(Solver):
     def check(self):
         _check_diffusion(self.name, self.diffusion, self.diffusion_scale)
 
+    def check_grid(self, path, target, ts, coefficients):
+        _check_finite_diffusion(self, self.diffusion, self.diffusion_scale, path, ts)
+
     def step(self, ctx: Context, state, x, t0, t1, key, index, remaining):
         return _reverse_sde_step(ctx, self.diffusion, self.diffusion_scale, x, t0, t1, key, remaining), state, 1
 
@@ -93,7 +109,8 @@ class PredictorCorrector(Solver):
     with both norms per sample and averaged over the batch, as score_sde does (a per-sample ratio explodes for a
     sample that sits where the score vanishes, e.g. at a mode).
 
-    NFE per step = corrector_steps + 1.
+    NFE per step = corrector_steps + 1. With ``corrector_steps=0`` it is exactly ``euler_maruyama`` (same noise
+    from the same key).
     """
 
     name: ClassVar[str] = "pc"
@@ -110,9 +127,17 @@ class PredictorCorrector(Solver):
         ):
             raise ValueError(f"pc: corrector_steps must be an integer >= 0; got {self.corrector_steps!r}")
 
+    @property
+    def calls_per_step(self) -> int:
+        return self.corrector_steps + 1
+
+    def check_grid(self, path, target, ts, coefficients):
+        _check_finite_diffusion(self, "path", 1.0, path, ts)
+
     def step(self, ctx: Context, state, x, t0, t1, key, index, remaining):
         sigma0 = ctx.path.sigma(t0)
-        keys = jax.random.split(key, self.corrector_steps + 1)
+        # The predictor draws from the step's key itself, as euler_maruyama does; correctors from keys split off it.
+        keys = (key,) if self.corrector_steps == 0 else tuple(jax.random.split(key, self.corrector_steps + 1))
         axes = tuple(range(1, x.ndim))
         for k in keys[:-1]:
             score = -ctx.denoise(x, t0).noise / sigma0
@@ -142,6 +167,8 @@ class EDMStochastic(Solver):
     name: ClassVar[str] = "edm_stochastic"
     order: ClassVar[int] = 2
     evaluates_at_step_end: ClassVar[bool] = True
+    default_grid: ClassVar[str] = "edm"
+    calls_per_step: ClassVar[int] = 2
     s_churn: float = 0.0
     s_min: float = 0.0
     s_max: float = float("inf")
@@ -157,8 +184,12 @@ class EDMStochastic(Solver):
             if not (isinstance(v, (int, float)) and v >= 0 and not math.isnan(v)):
                 raise ValueError(f"edm_stochastic: {field} must be a number >= 0; got {v!r}")
 
+    def check_grid(self, path, target, ts, coefficients):
+        if np.any(coefficients.alpha <= 0):
+            raise ValueError(f"{self.name} works in x/α and needs α(t) > 0 on the whole grid on path {path!r}")
+
     def init(self, ctx, x, t0):
-        return ctx.path.sigma_edm(t0).astype(x.dtype)               # σ̃ at the grid's start: the churn cap
+        return ctx.path.sigma_edm(t0)                                # σ̃ at the grid's start: the churn cap
 
     def step(self, ctx: Context, state, x, t0, t1, key, index, remaining):
         path = ctx.path

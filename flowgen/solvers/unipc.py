@@ -60,6 +60,7 @@ class UniPC(Solver):
     """UniPC multistep predictor–corrector with data prediction (see the module docstring); ``variant`` ∈ VARIANTS."""
 
     name: ClassVar[str] = "unipc"
+    default_grid: ClassVar[str] = "logsnr"
     solver_order: int = 2
     lower_order_final: bool = True
     variant: str = "bh1"
@@ -79,7 +80,7 @@ class UniPC(Solver):
     def init(self, ctx, x, t0):
         p = self.solver_order
         hist = jnp.zeros((max(p - 1, 1),) + x.shape, x.dtype)       # m_{i−1}, m_{i−2}
-        lam_hist = jnp.zeros((max(p - 1, 1),), x.dtype)              # λ_{i−1}, λ_{i−2}
+        lam_hist = jnp.zeros((max(p - 1, 1),), jnp.asarray(t0).dtype)  # λ_{i−1}, λ_{i−2} (time dtype)
         return (jnp.zeros_like(x), hist, lam_hist)                   # m_s (valid from step 1 on), history
 
     def step(self, ctx: Context, state, x, t0, t1, key, index, remaining):

@@ -83,7 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.sample.num_steps = 32
     c.sample.grid = "uniform"
     c.sample.num_samples = 1024
-    c.sample.guidance = 0.0          # > 0 with a conditional model: classifier-free guidance weight
+    # Classifier-free guidance weight w, as in fg.sample: uncond + w·(cond − uncond), so 1 is the plain conditional
+    # model and 0 the unconditional one; None (default): no guidance (conditional models sample with their labels).
+    c.sample.guidance = ml_collections.config_dict.placeholder(float)
     c.sample.ema = "ema"             # sample with: "params", "ema" (the slowest EMA) or a key like "ema_0.999"
     return c
 

@@ -25,7 +25,7 @@ def draw_samples(config, state, sample_apply, path, element_shape, num_classes, 
     if num_classes:
         labels = jnp.arange(num) % num_classes
         kwargs = dict(cond=labels)
-        if config.sample.guidance > 0:
+        if config.sample.guidance is not None:     # fg.sample's convention: w = 1 conditional, 0 unconditional
             kwargs.update(guidance=config.sample.guidance, null_cond=num_classes)
     x, info = fg.sample(sample_apply, path, target=config.loss.target, solver=config.sample.solver,
                         num_steps=config.sample.num_steps, grid=config.sample.grid, key=key,
