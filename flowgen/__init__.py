@@ -1,6 +1,6 @@
 """flowgen: flow matching and diffusion models in JAX.
 
-Convention (DESIGN.md): t = 0 is noise, t = 1 is data, ``x_t = α(t)·x_data + σ(t)·noise``.
+Convention (docs/conventions.md): t = 0 is noise, t = 1 is data, ``x_t = α(t)·x_data + σ(t)·noise``.
 
     import flowgen as fg
     path = fg.paths.get("linear")

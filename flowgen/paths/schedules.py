@@ -1,6 +1,6 @@
 """Affine Gaussian probability paths: the schedules (α(t), σ(t)).
 
-Convention (DESIGN.md §1): time runs from noise to data, t ∈ [0, 1],
+Convention (docs/conventions.md): time runs from noise to data, t ∈ [0, 1],
 
     x_t = α(t)·x_data + σ(t)·noise,      noise ~ N(0, I).
 

@@ -5,7 +5,7 @@ estimate ``err = ‖(x₅ − x₄)/(atol + rtol·max(|x|, |x₅|))‖_RMS`` (ov
 err ≤ 1 and sets ``h ← h·clip(0.9·err^(−1/5), 0.2, 10)``. The last stage is evaluated at the step's end with the
 accepted solution (FSAL), so an accepted step costs 6 calls, a rejected one 6 as well, plus 1 at the start and 1
 for the initial-step heuristic (Hairer's algorithm, simplified). Steps are clipped to end exactly at ``t_end``: no
-stage time is ever outside [t_start, t_end] (ANCHORS.md §10).
+stage time is ever outside [t_start, t_end] (a model is never evaluated outside its training interval).
 
 NFE is counted per batch: one call evaluates every sample, and all samples share one step size.
 
