@@ -35,7 +35,7 @@ def unconditional(c):
     """The same recipe without labels: no label dropout, no guidance."""
     c.model.num_classes = 0
     c.loss.label_dropout = 0.0
-    c.sample.guidance = 0.0
+    c.sample.guidance = None
     return c
 
 

@@ -47,6 +47,7 @@ BAD = [
     ([TOY, "--mode=bogus"], ["--mode=bogus", "train", "sample", "prepare"]),
     ([TOY, "--restart", "--mode=sample"], ["--restart only applies to --mode=train"]),
     ([TOY, "positional"], ["unexpected arguments ['positional']"]),
+    ([TOY, "--config.sample.guidance=2.0"], ["sample.guidance=2.0", "class-conditional"]),
     ([TOY, "--distributed", "--coordinator=127.0.0.1:1"], ["--distributed", "--coordinator", "not both"]),
 ]
 

@@ -136,7 +136,7 @@ def test_sample_mode_draws_once_and_never_overwrites(workdir, monkeypatch):
         assert z["samples"].shape == (64, 2) and int(z["step"]) == 10 and str(z["solver"]) == "heun"
         nfe = int(z["nfe"])
     assert nfe == out["sample/nfe"] and 4 <= nfe <= 8  # measured: Heun makes 1 or 2 calls per step
-    stem = f"sample_step0000010_heun_4steps_nfe{nfe}_g0"
+    stem = f"sample_step0000010_heun_4steps_nfe{nfe}_gnone"  # no guidance (unconditional model)
     assert out["png"] == str(workdir / "samples" / f"{stem}.png")
     assert out["npz"] == str(workdir / "samples" / f"{stem}.npz")
     assert (workdir / "samples" / "step_0000010.png").read_bytes() == training_png  # training's grid untouched

@@ -6,7 +6,8 @@
     unet.py         DDPM / DDPM++ U-Net (Ho et al. 2020; Song et al. 2021); presets in UNET_PRESETS
     dit.py          DiT with adaLN-Zero (Peebles & Xie 2023); presets S/B/L/XL × patch 2/4/8 in DIT_PRESETS
 
-Every network is called as ``apply(variables, x, t[, labels], ...)`` with x (batch, ...), t (batch,) and
+Every network is a Flax Linen module with fields ``num_classes`` and ``dtype``, listed in ``NETWORKS`` under the
+name a config uses. It is called as ``apply(variables, x, t[, labels], ...)`` with x (batch, ...), t (batch,) and
 integer labels in [0, num_classes] (num_classes = the null label), and returns an array of x's shape and dtype.
 """
 
@@ -23,8 +24,11 @@ from flowgen.networks.embeddings import (
 from flowgen.networks.mlp import MLP, param_count
 from flowgen.networks.unet import UNET_PRESETS, UNet, unet_cifar10_ddpm
 
+# The networks a config can name (``model.name``); each is built as ``cls(num_classes=..., dtype=..., **kwargs)``.
+NETWORKS = {"mlp": MLP, "unet": UNet, "dit": DiT}
+
 __all__ = [
-    "DIT_PRESETS", "EMBEDDINGS", "MLP", "UNET_PRESETS", "DiT", "GaussianFourierEmbedding", "LabelEmbedder",
+    "DIT_PRESETS", "EMBEDDINGS", "MLP", "NETWORKS", "UNET_PRESETS", "DiT", "GaussianFourierEmbedding", "LabelEmbedder",
     "SinusoidalEmbedding", "TimestepEmbedder", "UNet", "dit_param_count", "fourier_embedding", "param_count",
     "sinusoidal_embedding", "unet_cifar10_ddpm",
 ]

@@ -12,7 +12,7 @@ import math
 
 import ml_collections
 
-from flowgen import couplings, losses
+from flowgen import couplings, losses, networks
 from flowgen import paths as paths_lib
 from flowgen import solvers as solvers_lib
 from flowgen.paths.time_samplers import TIME_SAMPLERS
@@ -20,7 +20,6 @@ from flowgen.solvers.grids import GRIDS
 from flowgen.train import optim
 from flowgen.train.state import ema_name
 
-MODELS = ("mlp", "unet", "dit")
 DTYPES = ("float32", "bfloat16")
 
 
@@ -157,7 +156,7 @@ def validate(config) -> None:
     """Checks that need no data, no devices and no compilation; raise ValueError naming the key, the bad value and
     the valid values."""
     check_dataset_name(config.data.name)
-    _choice(config.model.name, MODELS, "model.name")
+    _choice(config.model.name, tuple(networks.NETWORKS), "model.name")
     _choice(config.model.dtype, DTYPES, "model.dtype")
     _choice(config.model.precond, ("none", "edm"), "model.precond")
     paths_lib.get(config.path.name, **config.path.kwargs.to_dict())
@@ -186,7 +185,11 @@ def validate(config) -> None:
     _number(config, "optim.min_lr_ratio", 0, 1)
     _number(config, "model.sigma_data", 0, low_open=True)
     _number(config, "loss.label_dropout", 0, 1, high_open=True)
-    _number(config, "sample.guidance", 0)
+    if config.sample.guidance is not None:
+        _number(config, "sample.guidance", 0)
+        if not config.model.num_classes:
+            raise ValueError(f"sample.guidance={config.sample.guidance!r} needs a class-conditional model "
+                             "(model.num_classes > 0); leave it unset (None) for an unconditional one")
     num_classes, data_classes = config.model.num_classes, dataset_num_classes(config.data)
     if num_classes and data_classes and num_classes != data_classes:
         raise ValueError(f"model.num_classes={num_classes} but dataset {config.data.name!r} has {data_classes} "

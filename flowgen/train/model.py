@@ -24,14 +24,9 @@ def build_network(model_cfg, num_classes: int | None):
     if model_cfg.precond == "edm":
         # EDM feeds c_noise = ¼·ln σ (about −1.6 .. 1.1) as the time input and embeds it unscaled (Karras et al.).
         kwargs.setdefault("time_scale", 1.0)
-    name = model_cfg.name
-    if name == "mlp":
-        return networks.MLP(num_classes=num_classes, **kwargs)
-    if name == "unet":
-        return networks.UNet(num_classes=num_classes, **kwargs)
-    if name == "dit":
-        return networks.DiT(num_classes=num_classes, **kwargs)
-    raise ValueError(f"model.name={name!r} is not one of: mlp, unet, dit")
+    if model_cfg.name not in networks.NETWORKS:
+        raise ValueError(f"model.name={model_cfg.name!r} is not one of: {', '.join(networks.NETWORKS)}")
+    return networks.NETWORKS[model_cfg.name](num_classes=num_classes, **kwargs)
 
 
 def make_apply_fns(module, path, precond: str = "none", sigma_data: float = 0.5):

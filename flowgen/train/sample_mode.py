@@ -32,7 +32,8 @@ class SamplesExistError(resume.RunRefusedError, FileExistsError):
 
 def sample_stem(config, step: int, nfe: int | str) -> str:
     s = config.sample
-    return f"sample_step{step:07d}_{s.solver}_{s.num_steps}steps_nfe{nfe}_g{s.guidance:g}"
+    guidance = "none" if s.guidance is None else f"{s.guidance:g}"
+    return f"sample_step{step:07d}_{s.solver}_{s.num_steps}steps_nfe{nfe}_g{guidance}"
 
 
 def _refuse_existing(config, out_dir: str, step: int) -> None:
@@ -77,7 +78,8 @@ def sample_from_checkpoint(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         with open(npz, "xb") as f:  # exclusive: never replaces a file
             np.savez(f, samples=samples, nfe=nfe, step=step, solver=config.sample.solver,
-                     num_steps=config.sample.num_steps, grid=config.sample.grid, guidance=config.sample.guidance,
+                     num_steps=config.sample.num_steps, grid=config.sample.grid,
+                     guidance=np.nan if config.sample.guidance is None else config.sample.guidance,
                      ema=config.sample.ema)
     png = os.path.join(out_dir, stem + ".png")
     log.info("wrote %s and %s (%s)", png, npz, ", ".join(f"{k} {v:.4g}" for k, v in quality.items()))
