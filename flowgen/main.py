@@ -2,6 +2,7 @@
 
     --mode=train     train (resuming from the newest good checkpoint in the workdir)
     --mode=sample    draw samples from the newest checkpoint into workdir/samples/
+    --mode=sweep     run the NFE sweep of a sweep config (experiments/NAME.py) into the workdir, resumably
     --mode=prepare   build the dataset of --config.data.name in --config.data.data_dir (digits: offline)
 
 Configs are ml_collections config files (``get_config(variant)``); any key can be overridden on the command line,
@@ -23,7 +24,7 @@ config_flags.DEFINE_config_file("config", _DEFAULT_CONFIG,
                                 "Path to a config file (configs/*.py), optionally ':variant'. Default: the 2-D "
                                 "rectified-flow base config.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and samples go.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "prepare"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "sweep", "prepare"], "What to do.")
 flags.DEFINE_string("coordinator", None, "Multi-host: coordinator address host:port for jax.distributed.")
 flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
@@ -44,7 +45,12 @@ def main(argv) -> int:
         prepare(config.data.name, config.data.data_dir or None)
         return 0
     if FLAGS.workdir is None:
-        raise app.UsageError("--workdir is required for --mode=train and --mode=sample")
+        raise app.UsageError("--workdir is required for --mode=train, --mode=sample and --mode=sweep")
+    if FLAGS.mode == "sweep":
+        from flowgen.sweep.runner import run as run_sweep
+
+        print(run_sweep(config, FLAGS.workdir)["markdown"])
+        return 0
     if FLAGS.mode == "train":
         from flowgen.train.loop import train_and_evaluate
 
