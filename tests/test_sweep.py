@@ -1,0 +1,158 @@
+"""The NFE-sweep runner: config refusal, NFE budgets, write-once cells, resume after SIGKILL, device invariance."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import flowgen as fg
+from flowgen.sweep import budget, runner, store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(**overrides):
+    c = {"models": {"lin": {"analytic": "circle", "path": "linear", "target": "velocity"},
+                    "vp": {"analytic": "circle", "path": "vp_linear", "target": "noise"}},
+         "solvers": ("euler", "dpmpp_2m"), "nfe": (2, 4), "seeds": (0,), "metrics": ("sliced_w2",),
+         "num_samples": 64, "skip_unreachable": True}
+    c.update(overrides)
+    return c
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"solvers": ("euler", "rk5")}, r"unknown solver 'rk5'; valid solvers: euler, midpoint"),
+    ({"solvers": ("ddim:eta=-1",)}, r"eta"),
+    ({"solvers": ("dopri5",)}, r"'dopri5' is adaptive"),
+    ({"solvers": ("heun",), "nfe": (1, 2), "skip_unreachable": False},
+     r"nfe \[1\] is below the minimum NFE 2 of solver 'heun' on model 'lin'.*valid: nfe >= 2"),
+    ({"guidance": (None, 2.0)}, r"guidance \[2.0\] given, but model 'lin' is unconditional"),
+    ({"metrics": ("pixel_fd",)}, r"metric 'pixel_fd' does not fit the data 'circle' of model 'lin'; metrics for "
+                                 r"'circle': sliced_w2, nll_gap"),
+    ({"metrics": ("fid",)}, r"unknown metric 'fid'; valid metrics: .*pixel_fd"),
+    ({"nfe": (0, 4)}, r"nfe must be a non-empty list of integers >= 1"),
+    ({"grid": "cosine"}, r"grid='cosine' is not one of: uniform, logsnr, edm"),
+    ({"seed": 3}, r"unknown sweep config keys \['seed'\]; valid keys: models, solvers"),
+    ({"models": {"m": {"analytic": "moons"}}}, r"data 'moons' is not one of"),
+    ({"models": {"m": {"workdir": "/nonexistent/run"}}}, r"workdir '/nonexistent/run' does not exist"),
+])
+def test_bad_configs_are_refused_before_anything_runs(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        runner.run(tiny(**overrides), str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("solver, path, target", [("heun", "linear", "velocity"), ("heun", "vp_linear", "noise"),
+                                                  ("rk4", "linear", "velocity"), ("unipc", "vp_linear", "noise")])
+def test_steps_for_budget_is_the_most_steps_within_the_budget(solver, path, target):
+    s, p = fg.solvers.get(solver), fg.paths.get(path)
+    for b in (2, 5, 9):
+        n = budget.steps_for_budget(s, p, target, b)
+        if n is None:
+            assert budget.minimum_nfe(s, p, target) > b
+            continue
+        assert budget.measured_nfe(s, p, target, n, None, None, None) <= b
+        assert budget.measured_nfe(s, p, target, n + 1, None, None, None) > b
+
+
+def test_cells_are_written_once(tmp_path):
+    assert store.write_once(str(tmp_path), "c", {"a": 1.0})
+    assert not store.write_once(str(tmp_path), "c", {"a": 2.0})
+    assert store.read(str(tmp_path), "c") == {"a": 1.0}
+    assert sorted(os.listdir(tmp_path)) == ["c.json"]
+
+
+def test_sweep_writes_tables_and_a_rerun_computes_nothing(tmp_path, monkeypatch):
+    out = runner.run(tiny(seeds=(0, 1)), str(tmp_path), progress=False)
+    assert {Path(f).name for f in out["files"].values()} >= {"results.csv", "results.md", "nfe_vs_sliced_w2.png",
+                                                            "samples_lin.png"}
+    cells = sorted((tmp_path / "cells").iterdir())
+    assert len(cells) == 2 * 2 * 2 * 2
+    for row in out["rows"]:
+        assert row["nfe"] <= row["nfe_budget"] and row["forward_passes"] == row["nfe"]
+    row = next(r for r in out["table"] if (r["model"], r["series"], r["nfe_budget"]) == ("vp", "euler", 4))
+    values = [r["metrics"]["sliced_w2"] for r in out["rows"]
+              if (r["model"], r["series"], r["nfe_budget"]) == ("vp", "euler", 4)]
+    assert row["seeds"] == 2 and row["sliced_w2_mean"] == pytest.approx(np.mean(values))
+    assert row["sliced_w2_std"] == pytest.approx(np.std(values, ddof=1))
+    stamps = {p.name: p.stat().st_mtime_ns for p in cells}
+    monkeypatch.setattr(runner, "run_cell", lambda *a: pytest.fail("a finished cell was recomputed"))
+    again = runner.run(tiny(seeds=(0, 1)), str(tmp_path), progress=False)
+    assert again["markdown"] == out["markdown"]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").iterdir()} == stamps
+
+
+CONFIG = """
+def get_config():
+    import ml_collections
+    c = ml_collections.ConfigDict()
+    c.models = {"lin": {"analytic": "circle", "path": "linear", "target": "velocity"}}
+    c.solvers = ("euler", "heun", "ddim", "dpmpp_2m", "unipc", "ddim:eta=1.0")
+    c.nfe = (2, 3, 4, 6)
+    c.seeds = (0,)
+    c.metrics = ("sliced_w2",)
+    c.num_samples = NUM
+    c.skip_unreachable = True
+    return c
+"""
+
+
+def _sweep(tmp_path, name, devices=1, num=60, wait=True):
+    config = tmp_path / f"{name}.py"
+    config.write_text(textwrap.dedent(CONFIG).replace("NUM", str(num)))
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "flowgen.main", "--mode=sweep", f"--config={config}", f"--workdir={tmp_path / name}"]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _cells(workdir):
+    return {p.name: json.loads(p.read_text()) for p in sorted((Path(workdir) / "cells").glob("*.json"))}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_resume_keeps_finished_cells(tmp_path):
+    proc = _sweep(tmp_path, "s", wait=False)
+    cells_dir = tmp_path / "s" / "cells"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(cells_dir.glob("*.json")) if cells_dir.exists() else []) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in cells_dir.glob("*.json")}
+    assert 3 <= len(before) < 24, "kill the sweep mid-way"
+    for p in cells_dir.iterdir():
+        json.loads(p.read_text()) if p.suffix == ".json" else None          # every cell file is whole
+    _sweep(tmp_path, "s")
+    after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in cells_dir.glob("*.json")}
+    assert len(after) == 24 and all(after[name] == value for name, value in before.items())
+    assert not [p for p in cells_dir.iterdir() if p.suffix != ".json"]       # the killed run's temporary is gone
+    _sweep(tmp_path, "ref")                                                  # uninterrupted: the same results
+    ref = _cells(tmp_path / "ref")
+    for name, cell in _cells(tmp_path / "s").items():
+        assert cell["metrics"] == ref[name]["metrics"] and cell["preview"] == ref[name]["preview"]
+
+
+@pytest.mark.slow
+def test_eight_devices_give_the_same_samples_as_one(tmp_path):
+    """60 samples over 8 devices (padded to 64) vs. 1 device: equal to float32 rounding (atol 1e-5)."""
+    _sweep(tmp_path, "one", devices=1)
+    _sweep(tmp_path, "eight", devices=8)
+    one, eight = _cells(tmp_path / "one"), _cells(tmp_path / "eight")
+    assert one.keys() == eight.keys() and len(one) == 24
+    for name in one:
+        assert (one[name]["devices"], eight[name]["devices"]) == (1, 8)
+        assert one[name]["nfe"] == eight[name]["nfe"]
+        if one[name]["status"] == "done":
+            np.testing.assert_allclose(eight[name]["preview"], one[name]["preview"], atol=1e-5)
+            assert eight[name]["metrics"]["sliced_w2"] == pytest.approx(one[name]["metrics"]["sliced_w2"], abs=1e-5)
