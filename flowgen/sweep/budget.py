@@ -1,11 +1,12 @@
 """From an NFE budget to a step count: the one place the sweep needs to know what a solver's step costs.
 
-``steps_for_budget`` picks the most steps whose *measured* NFE does not exceed the budget. The cost of n steps is
-measured by a dry run of the real sampler on a zero model of shape (1, 1) (a few milliseconds of compilation per
-count, cached): so Heun into σ = 0 (2n − 1 calls), a solver with a start-up call or a corrector are all counted as
-they really run on this path and grid, not as declared. A solver that declares ``min_steps`` is never asked for
-fewer. Adaptive solvers (those that replace ``Solver.solve``, or declare ``adaptive = True``) have no step budget
-and are refused by the sweep's config check.
+``steps_for_budget`` picks the most steps whose *measured* NFE does not exceed the budget. The cost of the fewest
+and of one more step is measured by dry runs of the real sampler on a zero model of shape (1, 1) (one small
+compilation each, cached), so Heun into σ = 0 (2n − 1 calls), a start-up call or a corrector are counted as they
+really run on this path and grid, not as declared; the cost is taken as affine in n from there, and the sweep
+checks every cell's measured NFE against its budget (stepping down if a solver's cost is not affine). A solver
+that declares ``min_steps`` is never asked for fewer. Adaptive solvers (those that replace ``Solver.solve``, or
+declare ``adaptive = True``) have no step budget and are refused by the sweep's config check.
 """
 
 from __future__ import annotations
@@ -46,10 +47,7 @@ def steps_for_budget(solver: Solver, path, target: str, budget: int, grid=None, 
     if cost(num_steps=lo) > budget:
         return None
     per_step = max(cost(num_steps=lo + 1) - cost(num_steps=lo), 1)       # model calls per added step
-    n = lo + (budget - cost(num_steps=lo)) // per_step
-    while n > lo and cost(num_steps=n) > budget:                         # a cost that is not affine in n
-        n -= 1
-    return n
+    return lo + (budget - cost(num_steps=lo)) // per_step
 
 
 def minimum_nfe(solver: Solver, path, target: str, grid=None, t_start=None, t_end=None) -> int:

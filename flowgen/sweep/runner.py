@@ -174,6 +174,9 @@ def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: Name
                                                      m.t_end))
         return record
     x, info, compile_seconds, sampling_seconds = generate(cell, spec, steps, sharding)
+    while int(info["nfe"]) > cell.nfe_budget and steps > budget.min_steps(solver):   # a cost not affine in n
+        steps -= 1
+        x, info, compile_seconds, sampling_seconds = generate(cell, spec, steps, sharding)
     grid = np.asarray(info["grid"], np.float64)
     record.update(status="done", steps=steps, nfe=int(info["nfe"]), forward_passes=int(info["forward_passes"]),
                   t_start=float(grid[0]), t_end=float(grid[-1]), compile_seconds=compile_seconds,
