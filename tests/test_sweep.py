@@ -156,3 +156,35 @@ def test_eight_devices_give_the_same_samples_as_one(tmp_path):
         if one[name]["status"] == "done":
             np.testing.assert_allclose(eight[name]["preview"], one[name]["preview"], atol=1e-5)
             assert eight[name]["metrics"]["sliced_w2"] == pytest.approx(one[name]["metrics"]["sliced_w2"], abs=1e-5)
+
+
+def test_the_shipped_sweep_configs_pass_their_checks():
+    from experiments import analytic_nfe, digits_nfe
+    from experiments.reproductions import rf_vs_ddim
+    from flowgen.sweep import spec
+
+    main = spec.parse(digits_nfe.get_config())
+    assert [m.name for m in main.models] == ["rf", "vp"] and main.nfe == (1, 2, 4, 8, 16, 32, 64)
+    assert [s.name for s in main.solvers] == ["euler", "heun", "ddim", "dpmpp_2m", "unipc"]
+    assert spec.parse(analytic_nfe.get_config()).metrics == ("sliced_w2", "nll_gap")
+    assert spec.parse(rf_vs_ddim.get_config()).nfe[4] == rf_vs_ddim.REFERENCE_NFE
+
+
+@pytest.mark.slow
+def test_models_given_as_training_configs_are_trained_in_the_sweep_workdir(tmp_path):
+    from experiments.digits_nfe import digits_model
+
+    models = {}
+    for name, path, target in (("rf", "linear", "velocity"), ("vp", "vp_linear", "noise")):
+        c = digits_model(path, target, num_steps=6)
+        c.model.kwargs = {"hidden": 32, "depth": 1}
+        c.data.batch_size = 16
+        c.train.checkpoint_every, c.train.log_every, c.optim.warmup_steps = 3, 3, 2
+        models[name] = {"train": c}
+    config = tiny(models=models, metrics=("pixel_fd",), solvers=("euler", "ddim"), nfe=(1, 3))
+    out = runner.run(config, str(tmp_path), progress=False)
+    for name in ("rf", "vp"):
+        assert fg.load_model(tmp_path / "models" / name).step == 6
+    assert len(out["rows"]) == 8 and all(r["status"] == "done" for r in out["rows"])
+    assert all(np.isfinite(r["metrics"]["pixel_fd"]) for r in out["rows"])
+    assert (tmp_path / "samples_vp.png").exists() and "pixel_fd" in out["markdown"]

@@ -170,10 +170,10 @@ def sample_grid(path: str, preview: list, title: str) -> None:
     else:
         side = int(np.ceil(np.sqrt(len(x))))
         h, w, c = x.shape[1:]
-        canvas = np.ones((side * h, side * w, c))
+        canvas = np.full((side * (h + 1) - 1, side * (w + 1) - 1, c), 0.5)        # 1-pixel grey gaps
         for i, img in enumerate(x):
             r, q = divmod(i, side)
-            canvas[r * h:(r + 1) * h, q * w:(q + 1) * w] = np.clip((img + 1) / 2, 0, 1)
+            canvas[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = np.clip((img + 1) / 2, 0, 1)
         ax.imshow(canvas.squeeze(-1) if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
         ax.set_axis_off()
     ax.set_title(title, fontsize=8)
