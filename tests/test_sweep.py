@@ -49,11 +49,10 @@ def test_bad_configs_are_refused_before_anything_runs(tmp_path, overrides, messa
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("solver, path, target", [("heun", "linear", "velocity"), ("heun", "vp_linear", "noise"),
-                                                  ("rk4", "linear", "velocity"), ("unipc", "vp_linear", "noise")])
+@pytest.mark.parametrize("solver, path, target", [("heun", "vp_linear", "noise"), ("rk4", "linear", "velocity")])
 def test_steps_for_budget_is_the_most_steps_within_the_budget(solver, path, target):
     s, p = fg.solvers.get(solver), fg.paths.get(path)
-    for b in (2, 5, 9):
+    for b in (3, 6):
         n = budget.steps_for_budget(s, p, target, b)
         if n is None:
             assert budget.minimum_nfe(s, p, target) > b
@@ -73,8 +72,8 @@ def test_sweep_writes_tables_and_a_rerun_computes_nothing(tmp_path, monkeypatch)
     out = runner.run(tiny(seeds=(0, 1)), str(tmp_path), progress=False)
     assert {Path(f).name for f in out["files"].values()} >= {"results.csv", "results.md", "nfe_vs_sliced_w2.png",
                                                             "samples_lin.png"}
-    cells = sorted((tmp_path / "cells").iterdir())
-    assert len(cells) == 2 * 2 * 2 * 2
+    cells = sorted((tmp_path / "cells").glob("*.json"))
+    assert len(cells) == 2 * 2 * 2 * 2 and len(list((tmp_path / "cells").glob("*.npy"))) == 16
     for row in out["rows"]:
         assert row["nfe"] <= row["nfe_budget"] and row["forward_passes"] == row["nfe"]
     row = next(r for r in out["table"] if (r["model"], r["series"], r["nfe_budget"]) == ("vp", "euler", 4))
@@ -86,7 +85,12 @@ def test_sweep_writes_tables_and_a_rerun_computes_nothing(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "run_cell", lambda *a: pytest.fail("a finished cell was recomputed"))
     again = runner.run(tiny(seeds=(0, 1)), str(tmp_path), progress=False)
     assert again["markdown"] == out["markdown"]
-    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").iterdir()} == stamps
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "cells").glob("*.json")} == stamps
+    # A metric added later is computed from the saved samples, without resampling, into side files.
+    more = runner.run(tiny(seeds=(0, 1), metrics=("sliced_w2", "nll_gap")), str(tmp_path), progress=False)
+    assert all(np.isfinite(r["metrics"]["nll_gap"]) for r in more["rows"])
+    assert len(list((tmp_path / "cells").glob("*.metric-nll_gap.json"))) == 16
+    assert {p.name: p.stat().st_mtime_ns for p in cells} == stamps
 
 
 CONFIG = """
@@ -136,7 +140,7 @@ def test_sigkill_mid_sweep_then_resume_keeps_finished_cells(tmp_path):
     _sweep(tmp_path, "s")
     after = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in cells_dir.glob("*.json")}
     assert len(after) == 24 and all(after[name] == value for name, value in before.items())
-    assert not [p for p in cells_dir.iterdir() if p.suffix != ".json"]       # the killed run's temporary is gone
+    assert not [p for p in cells_dir.iterdir() if p.suffix not in (".json", ".npy")]   # no stray temporary
     _sweep(tmp_path, "ref")                                                  # uninterrupted: the same results
     ref = _cells(tmp_path / "ref")
     for name, cell in _cells(tmp_path / "s").items():

@@ -124,7 +124,7 @@ def plan(spec: spec_lib.SweepSpec, models: dict[str, Ready]) -> list[Cell]:
                     for seed in spec.seeds:
                         identity = {"model": m.name, **models[m.name].identity, "solver": s.label, "nfe_budget": b,
                                     "guidance": w, "seed": seed, "num_samples": spec.num_samples,
-                                    "grid": spec.grid, "metrics": sorted(spec.metrics)}
+                                    "grid": spec.grid}
                         cells.append(Cell(models[m.name], s, b, w, seed, store.cell_id(identity)))
     return cells
 
@@ -157,7 +157,9 @@ def generate(cell: Cell, spec: spec_lib.SweepSpec, num_steps: int, sharding: Nam
     return x, jax.device_get(info), compile_seconds, max(wall - compile_seconds, 0.0)
 
 
-def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: NamedSharding) -> dict:
+def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: NamedSharding):
+    """(record, samples): the cell's JSON record with every metric of ``spec``, and its samples (None if the
+    budget is below the solver's minimum NFE)."""
     m = cell.model.spec
     solver = cell.solver.build()
     record = {"id": cell.id, "model": m.name, "data": m.data_name, "trained_path": repr(m.path),
@@ -172,7 +174,7 @@ def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: Name
         record.update(status="unreachable", steps=None, nfe=None, forward_passes=None,
                       minimum_nfe=budget.minimum_nfe(solver, m.sample_path, m.sample_target, spec.grid, m.t_start,
                                                      m.t_end))
-        return record
+        return record, None
     x, info, compile_seconds, sampling_seconds = generate(cell, spec, steps, sharding)
     while int(info["nfe"]) > cell.nfe_budget and steps > budget.min_steps(solver):   # a cost not affine in n
         steps -= 1
@@ -185,6 +187,24 @@ def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: Name
                   preview=np.round(x[:PREVIEW].astype(np.float64), 5).tolist())
     if record["nfe"] > cell.nfe_budget:
         raise RuntimeError(f"cell {cell.id}: measured NFE {record['nfe']} exceeds the budget {cell.nfe_budget}")
+    return record, x
+
+
+def add_metrics(record: dict, spec: spec_lib.SweepSpec, metrics: dict, cells_dir: str) -> dict:
+    """Fill in metrics the record lacks (added to the config after the cell ran) from its saved samples; each is
+    written once as a side file, so the cell's own file is never rewritten."""
+    for name in spec.metrics:
+        if record["status"] != "done" or name in record["metrics"]:
+            continue
+        side = f"{record['id']}.metric-{name}"
+        found = store.read(cells_dir, side)
+        if found is None:
+            samples = store.read_samples(cells_dir, record["id"])
+            if samples is None:
+                raise FileNotFoundError(f"cell {record['id']} has no saved samples to score with {name!r}")
+            store.write_once(cells_dir, side, {"metric": name, "value": metrics[(name, record["data"])](samples)})
+            found = store.read(cells_dir, side)
+        record["metrics"][name] = found["value"]
     return record
 
 
@@ -211,9 +231,11 @@ def run(config, workdir: str, progress: bool = True) -> dict:
               disable=not progress) as bar:
         for cell in todo:
             bar.set_postfix_str(f"{cell.model.spec.name} {cell.solver.label} nfe<={cell.nfe_budget} seed {cell.seed}")
-            record = run_cell(cell, spec, metrics, sharding)
+            record, samples = run_cell(cell, spec, metrics, sharding)
+            if samples is not None:
+                store.write_samples_once(cells_dir, cell.id, samples)
             store.write_once(cells_dir, cell.id, record)
             records[cell.id] = store.read(cells_dir, cell.id)
             bar.update()
-    rows = [records[c.id] for c in cells]
+    rows = [add_metrics(records[c.id], spec, metrics, cells_dir) for c in cells]
     return report.write(workdir, spec, rows, metrics)
