@@ -192,3 +192,16 @@ def test_models_given_as_training_configs_are_trained_in_the_sweep_workdir(tmp_p
     assert len(out["rows"]) == 8 and all(r["status"] == "done" for r in out["rows"])
     assert all(np.isfinite(r["metrics"]["pixel_fd"]) for r in out["rows"])
     assert (tmp_path / "samples_vp.png").exists() and "pixel_fd" in out["markdown"]
+
+
+def test_a_model_sampled_under_another_path_uses_the_matching_interval(tmp_path):
+    from flowgen.paths.transform import matching_interval
+
+    models = {"vp_as_rf": {"analytic": "circle", "path": "vp_linear", "target": "noise", "sample_path": "linear",
+                           "sample_target": "velocity"}}
+    out = runner.run(tiny(models=models, solvers=("euler",), nfe=(8,)), str(tmp_path), progress=False)
+    (row,) = out["rows"]
+    r0, r1 = matching_interval(fg.paths.get("vp_linear"), fg.paths.get("linear"))
+    assert row["path"] == repr(fg.paths.get("linear")) and row["target"] == "velocity"
+    assert (row["t_start"], row["t_end"]) == pytest.approx((r0, r1), abs=1e-6)
+    assert row["metrics"]["sliced_w2"] < 1.5
