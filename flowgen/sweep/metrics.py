@@ -47,12 +47,16 @@ class Metric:
 # ----------------------------------------------------------------------------------------------------- digits
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) (Dowson & Landau 1982; FID of Heusel et al. 2017 on features)."""
-    from scipy import linalg
+    """‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁^½ Σ₂ Σ₁^½)^½ (Dowson & Landau 1982; FID, Heusel et al. 2017).
 
-    covmean = linalg.sqrtm(cov1 @ cov2)
-    covmean = np.real(covmean)
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * np.trace(covmean))
+    The trace term is computed from the eigenvalues of the symmetric PSD matrix Σ₁^½ Σ₂ Σ₁^½, which stays exact
+    when a covariance is singular (the digits' corner pixels never vary), where ``scipy.linalg.sqrtm(Σ₁Σ₂)`` warns.
+    """
+    w, v = np.linalg.eigh(cov1)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = root1 @ cov2 @ root1
+    trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)))
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
 
 
 def digits_split(split: str) -> np.ndarray:
