@@ -76,7 +76,9 @@ def _stats(x: np.ndarray):
 class PixelFrechet(Metric):
     """Fréchet distance between Gaussians fitted to the 64 pixels of samples and of the train digits.
 
-    A stand-in for digits-FID (no feature network): sensitive to the first two pixel moments only."""
+    A stand-in for digits-FID (no feature network): sensitive to the first two pixel moments only. Samples are
+    clipped to the data range [-1, 1] first, as images are before they are shown or saved (and as digits-FID
+    does)."""
 
     name = "pixel_fd"
     description = "Fréchet distance of 64-D pixel statistics to the train split"
@@ -98,7 +100,7 @@ class PixelFrechet(Metric):
         samples = np.asarray(samples, np.float64)
         if not np.all(np.isfinite(samples)):
             return math.nan
-        return frechet_distance(*_stats(samples), self._mu, self._cov)
+        return frechet_distance(*_stats(np.clip(samples, -1.0, 1.0)), self._mu, self._cov)
 
 
 class DigitsFID(Metric):
