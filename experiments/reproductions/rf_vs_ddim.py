@@ -88,7 +88,7 @@ def verdict(rows: list[dict], metric: str) -> tuple[list[dict], str]:
     return out, text
 
 
-def report(result: dict, config, metric: str, seconds: float) -> str:
+def report(result: dict, config, metric: str, seconds: float, command: str) -> str:
     rows = result["rows"]
     ref = [r["metrics"][metric] for r in rows
            if (r["model"], r["series"], r["nfe_budget"]) == ("vp", "ddim", REFERENCE_NFE) and r["status"] == "done"]
@@ -107,8 +107,8 @@ def report(result: dict, config, metric: str, seconds: float) -> str:
         "velocity; VP: linear-β VP SDE, ε-prediction, plain ε-loss. "
         f"{config.num_samples} samples per seed, seeds {list(config.seeds)} (the same noise for both models), "
         f"metric **{metric}** ({METRIC_NOTES[metric]}) "
-        "against the train split. Euler on RF uses the uniform grid; DDIM on VP the log-SNR grid. Command: "
-        "`python -m experiments.reproductions.rf_vs_ddim`.",
+        "against the train split. Euler on RF uses the uniform grid; DDIM on VP the "
+        f"uniform grid (each solver's default). Command: `{command}`.",
         "",
         f"**Reference**: VP + DDIM at {REFERENCE_NFE} NFE: {np.mean(ref):.3g} ± {np.std(ref, ddof=1):.2g} "
         "(mean ± std over seeds).",
@@ -135,7 +135,9 @@ def main(argv=None) -> str:
     start = time.perf_counter()
     config = get_config(args.models_from)
     result = runner.run(config, args.workdir)
-    text = report(result, config, config.metrics[0], time.perf_counter() - start)
+    args_given = sys.argv[1:] if argv is None else argv
+    command = " ".join(["python -m experiments.reproductions.rf_vs_ddim", *args_given])
+    text = report(result, config, config.metrics[0], time.perf_counter() - start, command)
     Path(args.report).write_text(text)
     print(text)
     return text
