@@ -222,3 +222,15 @@ def test_frechet_distance_matches_the_closed_form_and_scipy():
     c1, c2 = np.cov(a.T), np.cov(b.T)
     expected = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(c1 + c2 - 2 * np.real(linalg.sqrtm(c1 @ c2)))
     assert frechet_distance(a.mean(0), c1, b.mean(0), c2) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_guidance_on_a_conditional_trained_model_counts_two_forward_passes_per_call(tmp_path):
+    from tests.test_trained import _train
+
+    _train(tmp_path / "run", num_classes=8, steps=3)
+    config = tiny(models={"cond": {"workdir": str(tmp_path / "run")}}, solvers=("euler",), nfe=(4,),
+                  guidance=(None, 2.0))
+    out = runner.run(config, str(tmp_path / "sweep"), progress=False)
+    passes = {r["guidance"]: (r["nfe"], r["forward_passes"]) for r in out["rows"]}
+    assert passes == {None: (4, 4), 2.0: (4, 8)}
