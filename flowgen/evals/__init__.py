@@ -1,1 +1,2 @@
-"""Evaluation: sample-quality metrics (FID and likelihood evaluation are on the roadmap, DESIGN.md)."""
+"""Evaluation: sample metrics for low-dimensional data (``sample_metrics``), digits-FID (``digits_fid``) and
+log-likelihood / bits per dimension through the probability-flow ODE (``likelihood``)."""

@@ -1,0 +1,255 @@
+"""Digits-FID: the Fréchet distance in the feature space of a small CNN trained on scikit-learn's 8×8 digits.
+
+The Fréchet (2-Wasserstein between Gaussians) distance of Heusel et al. 2017,
+
+    FD = ||μ₁ − μ₂||² + tr(Σ₁ + Σ₂ − 2·(Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}),
+
+between the mean and covariance of a model's samples and those of the ``flowgen_digits`` **train** split
+(images 0..1499, the split the digits configs train on), computed on the 64 penultimate (post-ReLU) features of
+``DigitsClassifier``. The classifier is trained on the train split only by
+``python -m flowgen.evals.train_digits_classifier`` and ships in ``flowgen/evals/data/`` with its sha256 and
+accuracy (``digits_classifier.json``); ``load_classifier`` refuses a file whose hash differs.
+
+Images are float in [-1, 1] of shape (N, 8, 8, 1) or (N, 8, 8), scaled as the data pipeline scales the dataset
+(``flowgen.data.pipeline.to_model_range``: uint8 p → p/255·2 − 1, where p = round(v·255/16) for scikit-learn's
+intensities v ∈ 0..16). Generated images are clipped to [-1, 1] and are *not* quantised (the dataset's pixels take
+only 17 levels; snapping to them would change every model's score by a different amount). A set containing a
+non-finite value scores NaN.
+
+Like every FID, the estimate is biased upwards by a term that shrinks as 1/N: compare sets of equal size, and
+report ``floor()`` — the digits-FID of the 297 held-out **test** digits against the train statistics — as the
+value real data of that size reaches. ``pixel_fid`` is the same distance on the raw 64 pixels.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.resources
+import json
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+WEIGHTS_FILE = "digits_classifier.npz"
+METADATA_FILE = "digits_classifier.json"
+FEATURE_DIM = 64
+_BATCH = 1024  # images per jitted call: memory is bounded by the batch, not by the sample count
+
+
+class DigitsClassifier(nn.Module):
+    """conv3×3(16)-ReLU → conv3×3(32)-ReLU → 2×2 average pool → dense(64)-ReLU [features] → dense(10) [logits].
+
+    Call: images (N, 8, 8, 1) float32 in [-1, 1] → (logits (N, 10), features (N, 64)).
+    """
+
+    feature_dim: int = FEATURE_DIM
+
+    @nn.compact
+    def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+        h = nn.relu(nn.Conv(16, (3, 3), name="conv1")(images))
+        h = nn.relu(nn.Conv(32, (3, 3), name="conv2")(h))
+        h = nn.avg_pool(h, (2, 2), strides=(2, 2))
+        h = h.reshape(h.shape[0], -1)
+        features = nn.relu(nn.Dense(self.feature_dim, name="features")(h))
+        return nn.Dense(10, name="logits")(features), features
+
+
+# --- data -----------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def split_images(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """The ``flowgen_digits`` split as the training pipeline sees it: images (N, 8, 8, 1) float32 in [-1, 1] and
+    labels (N,) int64 (train = digits 0..1499, test = 1500..1796, scikit-learn's order)."""
+    from flowgen.data.digits import SPLITS, digits_images
+    from flowgen.data.pipeline import to_model_range
+
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}; got {split!r}")
+    images, labels = digits_images()
+    start, stop = SPLITS[split]
+    out = to_model_range(images[start:stop]), labels[start:stop]
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+def as_images(images) -> np.ndarray:
+    """Validate and return (N, 8, 8, 1) float32 (no clipping)."""
+    images = np.asarray(images)
+    if images.ndim == 3 and images.shape[1:] == (8, 8):
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[1:] != (8, 8, 1) or images.shape[0] < 1:
+        raise ValueError(f"images must have shape (N, 8, 8, 1) or (N, 8, 8) with N >= 1; got {images.shape}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"images must be floating point in [-1, 1]; got dtype {images.dtype}")
+    return images.astype(np.float32)
+
+
+# --- the classifier -------------------------------------------------------------------------------------------
+
+
+def _data_file(name: str):
+    return importlib.resources.files("flowgen.evals").joinpath("data", name)
+
+
+def metadata() -> dict:
+    """The shipped classifier's record: sha256 of the weights file, train/test accuracy, training settings."""
+    return json.loads(_data_file(METADATA_FILE).read_text())
+
+
+def unflatten(flat: dict[str, np.ndarray]) -> dict:
+    """{"a/b": x} → {"a": {"b": x}} (the layout of the weights file, one array per parameter)."""
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = np.asarray(v)
+    return out
+
+
+@functools.cache
+def load_classifier() -> dict:
+    """The shipped classifier's parameters ``{"params": ...}`` (float32), after checking the file's sha256."""
+    data = _data_file(WEIGHTS_FILE).read_bytes()
+    expected = metadata()["sha256"]
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise ValueError(f"{WEIGHTS_FILE}: sha256 {actual} differs from the recorded {expected}; "
+                         "retrain with `python -m flowgen.evals.train_digits_classifier`")
+    import io
+
+    with np.load(io.BytesIO(data)) as f:
+        flat = {k: jnp.asarray(f[k], jnp.float32) for k in f.files}
+    return {"params": unflatten(flat)}
+
+
+@jax.jit
+def _apply(variables, images):
+    return DigitsClassifier().apply(variables, images)
+
+
+def _batched(variables, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Run the classifier over fixed-size batches (one compilation for any N; the last batch is padded)."""
+    n = images.shape[0]
+    batch = min(_BATCH, n)
+    logits, feats = [], []
+    for start in range(0, n, batch):
+        chunk = images[start:start + batch]
+        pad = batch - chunk.shape[0]
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad, 8, 8, 1), np.float32)])
+        lg, ft = _apply(variables, jnp.asarray(chunk, jnp.float32))
+        logits.append(np.asarray(lg)[: batch - pad])
+        feats.append(np.asarray(ft)[: batch - pad])
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def features(params: dict, images) -> np.ndarray:
+    """Penultimate features (N, 64) float32 of images in [-1, 1], (N, 8, 8, 1) or (N, 8, 8); clipped to [-1, 1]."""
+    images = np.clip(as_images(images), -1.0, 1.0)
+    return _batched(params, images)[1]
+
+
+def logits(params: dict, images) -> np.ndarray:
+    """Class logits (N, 10) of images in [-1, 1]."""
+    return _batched(params, np.clip(as_images(images), -1.0, 1.0))[0]
+
+
+def accuracy(params: dict, split: str = "test") -> float:
+    """Fraction of the split's digits classified correctly."""
+    images, labels = split_images(split)
+    return float(np.mean(np.argmax(logits(params, images), axis=-1) == labels))
+
+
+# --- statistics and the distance ------------------------------------------------------------------------------
+
+
+def statistics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and unbiased covariance (D, D) in float64 of rows x (N, D)."""
+    x = np.asarray(x, np.float64)
+    if x.shape[0] < 2:
+        raise ValueError(f"need at least 2 samples for a covariance; got {x.shape[0]}")
+    return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def _frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """||μ₁ − μ₂||² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2}; same formula as flowgen.evals.fid.
+
+    The trace term uses symmetric eigendecompositions (tr √(Σ₁Σ₂) = Σ √λᵢ of the PSD matrix Σ₁^{1/2}Σ₂Σ₁^{1/2}),
+    with round-off negative eigenvalues clipped to 0, so singular covariances (dead ReLU features, N < D) are fine.
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    w, v = np.linalg.eigh((sigma1 + sigma1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    inner = root1 @ sigma2 @ root1
+    lam = np.linalg.eigvalsh((inner + inner.T) / 2)
+    trace_sqrt = np.sum(np.sqrt(np.clip(lam, 0.0, None)))
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt, 0.0))
+
+
+@functools.cache
+def reference_stats(split: str = "train", space: str = "features") -> tuple[np.ndarray, np.ndarray]:
+    """(μ, Σ) of a split's classifier features (``space="features"``) or raw 64 pixels (``"pixels"``); cached."""
+    if space not in ("features", "pixels"):
+        raise ValueError(f"space must be 'features' or 'pixels'; got {space!r}")
+    images, _ = split_images(split)
+    x = features(load_classifier(), images) if space == "features" else images.reshape(len(images), -1)
+    mu, sigma = statistics(x)
+    mu.setflags(write=False)
+    sigma.setflags(write=False)
+    return mu, sigma
+
+
+def _distance(images, space: str, reference_split: str) -> float:
+    images = as_images(images)
+    if images.shape[0] < 2:
+        raise ValueError(f"need at least 2 images; got {images.shape[0]}")
+    if not np.all(np.isfinite(images)):
+        return math.nan
+    x = features(load_classifier(), images) if space == "features" else np.clip(images, -1, 1).reshape(
+        len(images), -1)
+    return _frechet_distance(*statistics(x), *reference_stats(reference_split, space))
+
+
+def digits_fid(images, reference_split: str = "train") -> float:
+    """Digits-FID of images (N, 8, 8, 1) or (N, 8, 8) in [-1, 1] against the train split's feature statistics."""
+    return _distance(images, "features", reference_split)
+
+
+def pixel_fid(images, reference_split: str = "train") -> float:
+    """Fréchet distance in pixel space (64-D) against the train split's pixel statistics."""
+    return _distance(images, "pixels", reference_split)
+
+
+FLOOR_SAMPLES = 297  # the size of the test split, the sample count at which floor() is measured
+
+
+@functools.cache
+def floor() -> float:
+    """Digits-FID of the 297 test-split digits against the train statistics: what real data of that size scores."""
+    return digits_fid(split_images("test")[0])
+
+
+@functools.cache
+def pixel_floor() -> float:
+    """Pixel-space Fréchet distance of the test split against the train split."""
+    return pixel_fid(split_images("test")[0])
