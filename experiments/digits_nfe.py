@@ -52,7 +52,7 @@ def get_config():
     c.nfe = NFE
     c.guidance = (None,)
     c.seeds = (0, 1, 2)
-    c.metrics = ("pixel_fd",)
+    c.metrics = ("digits_fid", "pixel_fd")
     c.num_samples = 1000
     c.grid = ""
     c.skip_unreachable = True

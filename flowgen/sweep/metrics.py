@@ -39,6 +39,7 @@ class Metric:
     def __init__(self, data_name: str, num_samples: int):
         self.data_name, self.num_samples = data_name, num_samples
         self.reference, self.floor, self.floor_note = "", None, ""
+        self.floor_samples = num_samples      # the sample count the floor was measured at
 
     def __call__(self, samples: np.ndarray) -> float:
         raise NotImplementedError
@@ -94,7 +95,7 @@ class PixelFrechet(Metric):
         test = digits_split("test")
         self.reference = f"train split ({len(train)} digits): pixel mean and covariance"
         self.floor = self(test)
-        self.floor_note = f"the {len(test)} test digits"
+        self.floor_note, self.floor_samples = f"the {len(test)} test digits", len(test)
 
     def __call__(self, samples):
         samples = np.asarray(samples, np.float64)
@@ -126,7 +127,8 @@ class DigitsFID(Metric):
         self._module = importlib.import_module(self.module)
         self.reference = "train split: classifier-feature mean and covariance"
         self.floor = float(self._module.floor())
-        self.floor_note = "the test split"
+        self.floor_samples = int(getattr(self._module, "FLOOR_SAMPLES", 297))
+        self.floor_note = f"the {self.floor_samples} test digits"
 
     def __call__(self, samples):
         samples = np.asarray(samples, np.float32)

@@ -72,8 +72,12 @@ def markdown(spec, table: list[dict], metrics: dict, devices: int) -> str:
         lines += [f"## {name}", ""]
         for (metric_name, data), metric in metrics.items():
             if metric_name == name:
+                bias = "" if metric.floor_samples == spec.num_samples else (
+                    f"; measured at {metric.floor_samples} samples, while cells use {spec.num_samples}: a Fréchet "
+                    "distance is biased upwards by a term that shrinks with the sample count, so cells can fall "
+                    "below this floor")
                 lines.append(f"- {data}: {metric.description}; reference: {metric.reference}; floor "
-                             f"{_fmt(metric.floor)} ({metric.floor_note}).")
+                             f"{_fmt(metric.floor)} ({metric.floor_note}{bias}).")
         lines += ["", "| model | solver | guidance | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
                   "|---|---|---|" + "---|" * len(budgets)]
         keyed = {(r["model"], r["series"], r["guidance"], r["nfe_budget"]): r for r in table}
