@@ -38,6 +38,8 @@ def tiny(**overrides):
                                  r"'circle': sliced_w2, nll_gap"),
     ({"metrics": ("fid",)}, r"unknown metric 'fid'; valid metrics: .*pixel_fd"),
     ({"nfe": (0, 4)}, r"nfe must be a non-empty list of integers >= 1"),
+    ({"solvers": ("euler_maruyama",)}, r"solver 'euler_maruyama' cannot sample model 'lin': the diffusion w\(t\) "
+                                       r"is not finite"),
     ({"grid": "cosine"}, r"grid='cosine' is not one of: uniform, logsnr, edm"),
     ({"seed": 3}, r"unknown sweep config keys \['seed'\]; valid keys: models, solvers"),
     ({"models": {"m": {"analytic": "moons"}}}, r"data 'moons' is not one of"),

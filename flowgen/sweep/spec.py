@@ -6,7 +6,8 @@
                                                                    trained first, resumably, in SWEEP_DIR/models/name
                    {"analytic": DATA, "path": NAME, "target": T}  the exact model of a 2-D mixture (e.g. "circle")
                  optional keys: "params" ("ema", "params", "ema_0.999"), "sample_path" (sample under another path:
-                 the exact schedule transformation, ``flowgen.paths.transform``) and "sample_target"
+                 the exact schedule transformation, ``flowgen.paths.transform``), "sample_target", and "t_start",
+                 "t_end" (the grid's ends; default the path's interval)
     solvers      ("euler", "ddim:eta=1", ...): a name in ``fg.solvers.SOLVERS`` with options name:key=value
     nfe          NFE budgets; each cell runs the most steps whose measured NFE fits the budget
     guidance     (None,) or weights w for classifier-free guidance (conditional models only; None = no guidance)
@@ -35,7 +36,7 @@ from flowgen.sweep.metrics import check_fits
 KEYS = ("models", "solvers", "nfe", "guidance", "seeds", "metrics", "num_samples", "grid", "skip_unreachable",
         "title")
 MODEL_KINDS = ("workdir", "train", "analytic")
-MODEL_OPTIONS = ("params", "sample_path", "sample_target", "path", "target")
+MODEL_OPTIONS = ("params", "sample_path", "sample_target", "path", "target", "t_start", "t_end")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +168,11 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
         sample_path = fg.paths.get(entry["sample_path"])
         t_start, t_end = matching_interval(path, sample_path)
     sample_target = fg.paths.check_target(entry.get("sample_target") or target)
+    for key in ("t_start", "t_end"):
+        if entry.get(key) is not None:
+            if sample_path is not path:
+                raise ValueError(f"model {name!r}: {key} is set by sample_path (the matching interval)")
+            t_start, t_end = (float(entry[key]), t_end) if key == "t_start" else (t_start, float(entry[key]))
     return ModelSpec(name, kind, source, params, data, shape, num_classes, path, target, sample_path,
                      sample_target, t_start, t_end)
 
@@ -213,13 +219,17 @@ def parse(config) -> SweepSpec:
                              "unconditional; use guidance=(None,)")
     spec = SweepSpec(models, solvers, nfe, guidance, seeds, metrics, num_samples, grid,
                      bool(c.get("skip_unreachable", False)), c.get("title") or "NFE sweep")
-    if not spec.skip_unreachable:
-        for m in models:
-            for s in solvers:
+    for m in models:
+        for s in solvers:
+            # A dry run of the sampler: refuses path/target/solver/grid combinations that cannot run, and measures
+            # the solver's minimum NFE on this path.
+            try:
                 lowest = budget.minimum_nfe(s.build(), m.sample_path, m.sample_target, grid, m.t_start, m.t_end)
-                below = [n for n in nfe if n < lowest]
-                if below:
-                    raise ValueError(f"nfe {below} is below the minimum NFE {lowest} of solver {s.label!r} on model "
-                                     f"{m.name!r} (path {m.sample_path!r}); valid: nfe >= {lowest}, or set "
-                                     "skip_unreachable=True to report such cells as unreachable")
+            except ValueError as e:
+                raise ValueError(f"solver {s.label!r} cannot sample model {m.name!r}: {e}") from e
+            below = [n for n in nfe if n < lowest]
+            if below and not spec.skip_unreachable:
+                raise ValueError(f"nfe {below} is below the minimum NFE {lowest} of solver {s.label!r} on model "
+                                 f"{m.name!r} (path {m.sample_path!r}); valid: nfe >= {lowest}, or set "
+                                 "skip_unreachable=True to report such cells as unreachable")
     return spec
