@@ -147,8 +147,7 @@ def _apply(variables, images):
 
 def _batched(variables, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Run the classifier over fixed-size batches (one compilation for any N; the last batch is padded)."""
-    n = images.shape[0]
-    batch = min(_BATCH, n)
+    n, batch = images.shape[0], _BATCH
     logits, feats = [], []
     for start in range(0, n, batch):
         chunk = images[start:start + batch]
