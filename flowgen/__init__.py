@@ -12,5 +12,12 @@ Convention (docs/conventions.md): t = 0 is noise, t = 1 is data, ``x_t = α(t)·
 from flowgen import analytic, paths, solvers
 from flowgen.sampling import sample
 
+
+def load_model(workdir, params: str = "ema", step: int | None = None):
+    """A trained model from a training workdir (see ``flowgen.trained.load_model``); imported lazily."""
+    from flowgen.trained import load_model as _load
+
+    return _load(workdir, params=params, step=step)
+
 __version__ = "0.1.0"
-__all__ = ["analytic", "paths", "sample", "solvers"]
+__all__ = ["analytic", "load_model", "paths", "sample", "solvers"]

@@ -2,6 +2,7 @@
 
     --mode=train     train (resuming from the newest good checkpoint in the workdir)
     --mode=sample    draw samples from the newest checkpoint into workdir/samples/ (never overwriting a file)
+    --mode=sweep     run the NFE sweep of a sweep config (experiments/NAME.py) into the workdir, resumably
     --mode=prepare   build the dataset of --config.data.name in --config.data.data_dir (digits: offline)
     --restart        train from step 0 in a workdir whose checkpoints were all quarantined as damaged
 
@@ -25,7 +26,7 @@ from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train", "default_config.py")
 _REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-MODES = ("train", "sample", "prepare")
+MODES = ("train", "sample", "sweep", "prepare")
 EXIT_USAGE = 2
 
 
@@ -98,6 +99,10 @@ def _run(values) -> int:
             raise CommandLineError("--restart only applies to --mode=train")
         if mode == "prepare":
             config_lib.check_dataset_name(config.data.name)
+        elif mode == "sweep":
+            from flowgen.sweep import spec as sweep_spec
+
+            sweep_spec.parse(config)  # every check of the sweep config, before anything is trained or written
         else:
             config_lib.validate(config)
             config_lib.check_devices(config)
@@ -111,6 +116,10 @@ def _run(values) -> int:
                 prepare(config.data.name, config.data.data_dir or None)
             except ConnectionError as e:  # no network: the message says where to run it instead
                 return _error(str(e))
+        elif mode == "sweep":
+            from flowgen.sweep.runner import run as run_sweep
+
+            print(run_sweep(config, values.workdir)["markdown"])
         elif mode == "train":
             from flowgen.train.loop import train_and_evaluate
 

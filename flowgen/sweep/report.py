@@ -1,0 +1,206 @@
+"""The sweep's report, derived from the cell files (rewritten on every run; the cells are the results).
+
+    results.csv            one row per (model, solver, NFE budget, guidance): settings, measured NFE and forward
+                           passes, each metric's mean and std over seeds, seeds, samples per seed, reference, floor,
+                           sampling and compile seconds
+    results.md             a table per metric (rows: model × solver, columns: NFE budget; mean ± std over seeds,
+                           the measured NFE where it differs from the budget), then the floors and settings
+    nfe_vs_<metric>.png    one panel per model, one curve per solver (marker + line style + colour), log NFE,
+                           error bars = std over seeds, the metric's floor as a dotted line
+    samples_<model>.png    the first 64 samples of the largest-budget cell of the first solver (seed 0)
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import defaultdict
+
+import numpy as np
+
+CSV_COLUMNS = ("model", "data", "trained_path", "path", "target", "solver", "options", "grid", "guidance",
+               "nfe_budget", "steps", "nfe", "forward_passes", "t_start", "t_end", "num_samples", "seeds")
+MARKERS = "osD^vP*Xh<>p"
+LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
+
+
+def _mean_std(values):
+    v = np.array([np.nan if x is None else x for x in values], np.float64)
+    if v.size == 0 or not np.all(np.isfinite(v)):
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+def aggregate(rows: list[dict], metric_names) -> list[dict]:
+    """Seeds folded: one dict per (model, series, budget, guidance), in the rows' order."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["model"], r["series"], r["nfe_budget"], r["guidance"])].append(r)
+    out = []
+    for (_, series, _, _), rs in groups.items():
+        first = rs[0]
+        agg = {k: first.get(k) for k in CSV_COLUMNS if k in first}
+        agg.update(series=series, seeds=len(rs), status=first["status"], options=first["options"] or "")
+        if first["status"] == "done":
+            nfes = sorted({r["nfe"] for r in rs})
+            agg.update(nfe=nfes[0] if len(nfes) == 1 else "/".join(map(str, nfes)),
+                       sampling_seconds=float(np.mean([r["sampling_seconds"] for r in rs])),
+                       compile_seconds=float(np.sum([r["compile_seconds"] for r in rs])))
+            for name in metric_names:
+                agg[f"{name}_mean"], agg[f"{name}_std"] = _mean_std([r["metrics"][name] for r in rs])
+        else:
+            agg["minimum_nfe"] = first.get("minimum_nfe")
+        out.append(agg)
+    return out
+
+
+def _fmt(v, digits=3):
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
+
+
+def markdown(spec, table: list[dict], metrics: dict, devices: int) -> str:
+    budgets = list(spec.nfe)
+    lines = [f"# {spec.title}", "",
+             f"{spec.num_samples} samples per cell and seed, seeds {list(spec.seeds)} (mean ± std over seeds; the "
+             f"same noise for every solver and budget), {devices} device(s). Each cell runs the most steps whose "
+             "measured NFE fits the budget; (n) gives the measured NFE where it is below the budget. Guidance: "
+             f"{', '.join('none' if w is None else str(w) for w in spec.guidance)}.", ""]
+    for name in spec.metrics:
+        lines += [f"## {name}", ""]
+        for (metric_name, data), metric in metrics.items():
+            if metric_name == name:
+                bias = "" if metric.floor_samples == spec.num_samples else (
+                    f"; measured at {metric.floor_samples} samples, while cells use {spec.num_samples}: a Fréchet "
+                    "distance is biased upwards by a term that shrinks with the sample count, so cells can fall "
+                    "below this floor")
+                lines.append(f"- {data}: {metric.description}; reference: {metric.reference}; floor "
+                             f"{_fmt(metric.floor)} ({metric.floor_note}{bias}).")
+        lines += ["", "| model | solver | guidance | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
+                  "|---|---|---|" + "---|" * len(budgets)]
+        keyed = {(r["model"], r["series"], r["guidance"], r["nfe_budget"]): r for r in table}
+        for model, series, w in dict.fromkeys((r["model"], r["series"], r["guidance"]) for r in table):
+            cells = []
+            for b in budgets:
+                r = keyed.get((model, series, w, b))
+                if r is None:
+                    cells.append("")
+                elif r["status"] != "done":
+                    cells.append(f"— (min {r.get('minimum_nfe')})")
+                else:
+                    text = f"{_fmt(r[f'{name}_mean'])} ± {_fmt(r[f'{name}_std'], 2)}"
+                    cells.append(text + (f" ({r['nfe']})" if r["nfe"] != b else ""))
+            lines.append(f"| {model} | {series} | {'-' if w is None else w} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Settings per model", "", "| model | data | trained path | sampled path | target | steps per budget "
+              "(solver: steps) |", "|---|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in table):
+        rs = [r for r in table if r["model"] == model]
+        steps = "; ".join(f"{s}: {','.join(str(r['steps']) for r in rs if r['series'] == s and r['steps'])}"
+                          for s in dict.fromkeys(r["series"] for r in rs))
+        r0 = rs[0]
+        lines.append(f"| {model} | {r0['data']} | {r0['trained_path']} | {r0['path']} | {r0['target']} | {steps} |")
+    done = [r for r in table if r["status"] == "done"]
+    lines += ["", f"Sampling {sum(r['sampling_seconds'] * r['seeds'] for r in done):.1f} s, compilation "
+              f"{sum(r['compile_seconds'] for r in done):.1f} s in total (per cell in results.csv).", ""]
+    return "\n".join(lines)
+
+
+def write_csv(path: str, table: list[dict], spec, metrics: dict) -> None:
+    names = list(spec.metrics)
+    columns = list(CSV_COLUMNS) + ["status"] + [f"{n}_{s}" for n in names for s in ("mean", "std")] + \
+        [f"{n}_floor" for n in names] + [f"{n}_reference" for n in names] + ["sampling_seconds", "compile_seconds"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        for r in table:
+            row = dict(r)
+            for n in names:
+                row[f"{n}_floor"] = metrics[(n, r["data"])].floor
+                row[f"{n}_reference"] = metrics[(n, r["data"])].reference
+            writer.writerow(row)
+
+
+def plot(path: str, name: str, table: list[dict], metrics: dict) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    models = list(dict.fromkeys(r["model"] for r in table))
+    series = list(dict.fromkeys((r["series"], r["guidance"]) for r in table))
+    fig = Figure(figsize=(5.2 * len(models) + 1.5, 4.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    colours = [f"C{i}" for i in range(10)]
+    for ax, model in zip(axes, models, strict=True):
+        data = None
+        for i, (s, w) in enumerate(series):
+            pts = sorted((r["nfe"], r[f"{name}_mean"], r[f"{name}_std"]) for r in table
+                         if r["model"] == model and (r["series"], r["guidance"]) == (s, w) and r["status"] == "done"
+                         and isinstance(r["nfe"], int) and np.isfinite(r[f"{name}_mean"]))
+            data = next(r["data"] for r in table if r["model"] == model)
+            if not pts:
+                continue
+            x, y, e = map(np.array, zip(*pts, strict=True))
+            label = s if w is None else f"{s}, w={w}"
+            ax.errorbar(x, y, yerr=e, label=label, marker=MARKERS[i % len(MARKERS)],
+                        ls=LINESTYLES[i % len(LINESTYLES)], color=colours[i % 10], ms=5, lw=1.3, capsize=3)
+        metric = metrics[(name, data)]
+        if metric.floor is not None and np.isfinite(metric.floor):
+            ax.axhline(metric.floor, color="0.2", ls=":", lw=1.5, label=f"floor ({metric.floor_note})")
+        ax.set_xscale("log", base=2)
+        if all(r[f"{name}_mean"] > 0 for r in table if r["model"] == model and r["status"] == "done"
+               and np.isfinite(r[f"{name}_mean"])):
+            ax.set_yscale("log")
+        ax.set_title(model)
+        ax.set_xlabel("NFE (measured model calls)")
+        ax.set_ylabel(f"{name} (mean ± std over seeds)")
+        ax.grid(True, which="both", alpha=0.25)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
+def sample_grid(path: str, preview: list, title: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    x = np.asarray(preview, np.float64)
+    fig = Figure(figsize=(4, 4.3), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if x.ndim == 2:
+        ax.scatter(x[:, 0], x[:, 1], s=4)
+    else:
+        side = int(np.ceil(np.sqrt(len(x))))
+        h, w, c = x.shape[1:]
+        canvas = np.full((side * (h + 1) - 1, side * (w + 1) - 1, c), 0.5)        # 1-pixel grey gaps
+        for i, img in enumerate(x):
+            r, q = divmod(i, side)
+            canvas[r * (h + 1):r * (h + 1) + h, q * (w + 1):q * (w + 1) + w] = np.clip((img + 1) / 2, 0, 1)
+        ax.imshow(canvas.squeeze(-1) if c == 1 else canvas, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+        ax.set_axis_off()
+    ax.set_title(title, fontsize=8)
+    fig.savefig(path, dpi=110)
+
+
+def write(workdir: str, spec, rows: list[dict], metrics: dict) -> dict:
+    table = aggregate(rows, spec.metrics)
+    devices = max((r.get("devices", 1) for r in rows), default=1)
+    md = markdown(spec, table, metrics, devices)
+    files = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md")}
+    write_csv(files["csv"], table, spec, metrics)
+    with open(files["md"], "w") as f:
+        f.write(md)
+    for name in spec.metrics:
+        files[f"plot_{name}"] = os.path.join(workdir, f"nfe_vs_{name}.png")
+        plot(files[f"plot_{name}"], name, table, metrics)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        done = [r for r in rows if r["model"] == model and r["status"] == "done"]
+        if done:
+            pick = max((r for r in done if r["series"] == done[0]["series"] and r["seed"] == done[0]["seed"]),
+                       key=lambda r: r["nfe"])
+            files[f"samples_{model}"] = os.path.join(workdir, f"samples_{model}.png")
+            sample_grid(files[f"samples_{model}"], pick["preview"],
+                        f"{model}: {pick['series']}, NFE {pick['nfe']}, seed {pick['seed']}")
+    return {"rows": rows, "table": table, "markdown": md, "files": files}
