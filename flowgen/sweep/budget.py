@@ -5,8 +5,8 @@ and of one more step is measured by dry runs of the real sampler on a zero model
 compilation each, cached), so Heun into σ = 0 (2n − 1 calls), a start-up call or a corrector are counted as they
 really run on this path and grid, not as declared; the cost is taken as affine in n from there, and the sweep
 checks every cell's measured NFE against its budget (stepping down if a solver's cost is not affine). A solver
-that declares ``min_steps`` is never asked for fewer. Adaptive solvers (those that replace ``Solver.solve``, or
-declare ``adaptive = True``) have no step budget and are refused by the sweep's config check.
+is never asked for fewer than its ``min_steps``. Adaptive solvers (``adaptive = True``) have no step budget and
+are refused by the sweep's config check.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from flowgen.solvers.base import Solver
 
 
 def is_adaptive(solver: Solver) -> bool:
-    return bool(getattr(type(solver), "adaptive", type(solver).solve is not Solver.solve))
+    return bool(solver.adaptive)
 
 
 def min_steps(solver: Solver) -> int:
-    return int(getattr(type(solver), "min_steps", 1))
+    return int(solver.min_steps)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -56,11 +56,4 @@ def minimum_nfe(solver: Solver, path, target: str, grid=None, t_start=None, t_en
 
 def grid_name(solver: Solver, grid: str | None) -> str:
     """The grid kind a solver runs on when the sweep gives ``grid`` (None: the solver's default)."""
-    if grid is not None:
-        return grid
-    default = getattr(type(solver), "default_grid", None)
-    if default is None:          # until solvers carry their default grid, the sampler's table is the owner
-        from flowgen.sampling import DEFAULT_GRIDS
-
-        default = DEFAULT_GRIDS.get(solver.name, "uniform")
-    return default
+    return solver.default_grid if grid is None else grid
