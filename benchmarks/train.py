@@ -67,7 +67,7 @@ def step_only(name: str, steps: int, data_dir: str, overrides=()) -> dict:
     """steps/s of the loop's own compiled call (same program, same steps per call) on device-resident data."""
     from flowgen.train import input as input_lib
     from flowgen.train import loop, sharding
-    from flowgen.train.step import jit_train_chunk, make_train_chunk, make_train_step
+    from flowgen.train.step import jit_train_chunk, make_train_call, make_train_step
 
     config = load_config(name, overrides)
     config.data.data_dir = data_dir
@@ -97,7 +97,7 @@ def step_only(name: str, steps: int, data_dir: str, overrides=()) -> dict:
     state = jax.jit(setup.init_fn, out_shardings=setup.state_sharding)(setup.keys[0])
     flops = jax.jit(lambda st, key: step_fn(st, one_batch(st), key)).lower(state, setup.keys[1]).compile()
     flops = (flops.cost_analysis() or {}).get("flops")
-    program = jit_train_chunk(make_train_chunk(step_fn, device_batch), setup.state_sharding, stacked, repl)
+    program = jit_train_chunk(make_train_call(step_fn, device_batch, k), setup.state_sharding, stacked, repl)
     t0 = time.perf_counter()
     state, report = program(state, batches, setup.keys[1], k)
     jax.block_until_ready(report)
@@ -170,9 +170,9 @@ def part_compare(args) -> dict:
 def part_overhead(args) -> dict:
     contenders = {}
     for name, extra in [("toy2d_rf", []),
-                        ("digits_rf", ["--config.train.num_steps=300", "--config.train.sample_every=0"])]:
+                        ("digits_rf", ["--config.train.num_steps=150", "--config.train.sample_every=0"])]:
         contenders[f"{name} CLI"] = lambda name=name, extra=extra: cli_rate(name, extra)
-        steps = 2000 if name == "toy2d_rf" else 100
+        steps = 2000 if name == "toy2d_rf" else 60
         contenders[f"{name} step only"] = lambda name=name, steps=steps: step_only_sub(name, steps, args.data_dir)
     rates = _interleave(contenders, args.rounds)
     rows = []

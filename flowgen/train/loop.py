@@ -36,7 +36,7 @@ from flowgen.train.checkpoint import Checkpointer
 from flowgen.train.metrics import MetricWriter, Throughput
 from flowgen.train.model import build_network, make_apply_fns
 from flowgen.train.optim import ema_decays, make_optimizer
-from flowgen.train.step import chunk_sizes, init_state, jit_train_chunk, make_train_chunk, make_train_step
+from flowgen.train.step import chunk_sizes, init_state, jit_train_chunk, make_train_call, make_train_step
 
 log = logging.getLogger("flowgen")
 
@@ -173,7 +173,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if data.on_device:
         device_batch = lambda s: jax.lax.with_sharding_constraint(data.device_batch(s), batch_sharding)  # noqa: E731
     train_chunk = jit_train_chunk(
-        make_train_chunk(make_train_step(setup.loss_fn, setup.optimizer, setup.schedule, setup.decays), device_batch),
+        make_train_call(make_train_step(setup.loss_fn, setup.optimizer, setup.schedule, setup.decays), device_batch, k),
         setup.state_sharding, stacked_sharding, replicated)
     sizes = chunk_sizes(step, tc.num_steps, (tc.log_every, tc.checkpoint_every, tc.sample_every), k)
     feed = _OnDeviceFeed(sizes) if data.on_device else input_lib.DevicePrefetcher(data, sizes, k, stacked_sharding)
@@ -222,11 +222,18 @@ PROGRESS_SECONDS = 10.0
 
 
 def steps_per_call(config, data) -> int:
-    """``train.steps_per_call``, or when 0 (automatic): 32 steps per call when the data are made on the device
-    (no host work per step, so a call costs one dispatch for 32 steps), 1 for host-fed data (each step's batch
-    comes from the prefetcher anyway, and image models are slow enough that dispatch costs nothing)."""
+    """``train.steps_per_call`` for data made on the device (0, automatic, means 1); always 1 for host-fed data.
+
+    Several steps per call run in one ``lax.while_loop`` (``flowgen.train.step.make_train_chunk``); on XLA:CPU that
+    is no faster for the toy MLP and much slower for convolutional nets, so one step per call is the default. The
+    loop never waits on a step's result before dispatching the next call, so dispatch overlaps computation anyway.
+    """
     k = config.train.steps_per_call
-    return k if k else (32 if data.on_device else 1)
+    if k > 1 and not data.on_device:
+        log.warning("train.steps_per_call=%d applies to data made on the device; %r is fed from the host: 1 step "
+                    "per call", k, config.data.name)
+        return 1
+    return k or 1
 
 
 class _OnDeviceFeed:
