@@ -133,7 +133,8 @@ def cli_rate(config: str, extra=()) -> float:
 
 
 def json_line(cmd) -> dict:
-    return json.loads(_run(cmd).strip().splitlines()[-1])
+    """The last JSON object a command prints on a line of its own."""
+    return json.loads([line for line in _run(cmd).splitlines() if line.startswith("{")][-1])
 
 
 def step_only_sub(name: str, steps: int, data_dir: str) -> float:
