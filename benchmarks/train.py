@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import environment, markdown_table, median, write_json  # noqa: E402
 
 SUMMARY = re.compile(r"training [\d.]+ s = ([\d.]+) steps/s")
+WITHOUT_SAVES = re.compile(r"; ([\d.]+) steps/s without them")
 CIFAR_DIT = ["--config.model.name=dit",
              '--config.model.kwargs={"hidden": 384, "depth": 12, "num_heads": 6, "patch_size": 2}']
 
@@ -124,12 +125,13 @@ def _run(cmd, timeout=3600) -> str:
     return out.stdout + out.stderr
 
 
-def cli_rate(config: str, extra=()) -> float:
-    """steps/s of ``python -m flowgen.main`` as its closing summary states it."""
+def cli_rate(config: str, extra=()) -> dict:
+    """steps/s of ``python -m flowgen.main`` as its closing summary states it, with and without checkpoint saves."""
     with tempfile.TemporaryDirectory() as workdir:
         text = _run([sys.executable, "-m", "flowgen.main", f"--config=configs/{config}.py", f"--workdir={workdir}",
                      *extra])
-    return float(SUMMARY.search(text).group(1))
+    return {"": float(SUMMARY.search(text).group(1)),
+            " (without checkpoint pauses)": float(WITHOUT_SAVES.search(text).group(1))}
 
 
 def json_line(cmd) -> dict:
@@ -159,12 +161,14 @@ def part_compare(args) -> dict:
     best_minimal = max(median(rates[k]) for k in rates if k.startswith("minimal"))
     rows = [[k, median(v), min(v), max(v), median(v) / best_minimal] for k, v in rates.items()]
     print(markdown_table(["toy2d_rf", "median steps/s", "min", "max", "/ best minimal JAX"], rows))
-    cli = rates["flowgen CLI"]
-    per_round = [c / max(rates[k][i] for k in rates if k.startswith("minimal")) for i, c in enumerate(cli)]
-    print(f"\nCLI / best minimal loop of the same round: median {median(per_round):.3f} "
-          f"(rounds: {', '.join(f'{r:.3f}' for r in per_round)})")
-    if args.torch_python:
-        print(f"CLI / PyTorch eager: {median(cli) / median(rates['PyTorch eager']):.2f}")
+    per_round = {}
+    for name in (k for k in rates if k.startswith("flowgen CLI")):
+        per_round[name] = [c / max(rates[k][i] for k in rates if k.startswith("minimal"))
+                           for i, c in enumerate(rates[name])]
+        print(f"\n{name} / best minimal loop of the same round: median {median(per_round[name]):.3f} "
+              f"(rounds: {', '.join(f'{r:.3f}' for r in per_round[name])})")
+        if args.torch_python:
+            print(f"{name} / PyTorch eager: {median(rates[name]) / median(rates['PyTorch eager']):.2f}")
     return {"rates": rates, "cli_over_minimal_per_round": per_round}
 
 
@@ -178,10 +182,11 @@ def part_overhead(args) -> dict:
     rates = _interleave(contenders, args.rounds)
     rows = []
     for name in ("toy2d_rf", "digits_rf"):
-        cli, bare = rates[f"{name} CLI"], rates[f"{name} step only"]
-        ratios = [c / b for c, b in zip(cli, bare, strict=True)]
-        rows.append([name, median(bare), median(cli), median(ratios), 1 - median(ratios)])
-    print(markdown_table(["config", "step only steps/s", "CLI steps/s", "CLI / step only (median of rounds)",
+        bare = rates[f"{name} step only"]
+        for cli_name in (k for k in rates if k.startswith(f"{name} CLI")):
+            ratios = [c / b for c, b in zip(rates[cli_name], bare, strict=True)]
+            rows.append([cli_name, median(bare), median(rates[cli_name]), median(ratios), 1 - median(ratios)])
+    print(markdown_table(["CLI", "step only steps/s", "CLI steps/s", "CLI / step only (median of rounds)",
                           "overhead"], rows))
     return {"rates": rates}
 
@@ -216,13 +221,17 @@ def part_peak(args) -> dict:
 
 
 def _interleave(contenders: dict, rounds: int) -> dict:
-    rates = {k: [] for k in contenders}
+    """Run every contender once per round, in a rotated order; a contender returning a dict {suffix: rate}
+    contributes one series per suffix."""
+    rates: dict[str, list] = {}
     for r in range(rounds):
         order = list(contenders)
         order = order[r % len(order):] + order[:r % len(order)]     # rotate, so no contender always goes first
         for k in order:
-            rates[k].append(contenders[k]())
-            print(f"round {r + 1}/{rounds}  {k}: {rates[k][-1]:.1f} steps/s", file=sys.stderr, flush=True)
+            got = contenders[k]()
+            for suffix, rate in (got.items() if isinstance(got, dict) else [("", got)]):
+                rates.setdefault(k + suffix, []).append(rate)
+                print(f"round {r + 1}/{rounds}  {k + suffix}: {rate:.1f} steps/s", file=sys.stderr, flush=True)
     return rates
 
 

@@ -332,10 +332,12 @@ class _Run:
         train_s = wall - s["compile"] - s["sampling"]
         trained = step - self.start_step
         rate = (trained - 1) / train_s if trained > 1 and train_s > 0 else float("nan")
-        log.info("%s at step %d/%d: %d steps in %s; training %.1f s = %.1f steps/s (after the first call; "
-                 "checkpoint saves included, %.1f s), first call with compilation %.1f s, sampling %.1f s",
-                 "stopped (SIGTERM)" if preempted else "finished", step, self.config.train.num_steps, trained,
-                 _duration(wall), train_s, rate, s["checkpoint"], s["compile"], s["sampling"])
+        bare = (trained - 1) / (train_s - s["checkpoint"]) if trained > 1 and train_s > s["checkpoint"] else rate
+        log.info("%s at step %d/%d: %d steps in %s; training %.1f s = %.1f steps/s (after the first call, "
+                 "checkpoint saves included: %.1f s; %.1f steps/s without them), first call with compilation %.1f s, "
+                 "sampling %.1f s", "stopped (SIGTERM)" if preempted else "finished", step,
+                 self.config.train.num_steps, trained, _duration(wall), train_s, rate, s["checkpoint"], bare,
+                 s["compile"], s["sampling"])
         ckpt = self.checkpointer.all_steps()
         log.info("wrote in %s:\n  checkpoints/  steps %s\n  metrics.jsonl, tensorboard/, config.json\n  samples/  %s",
                  self.workdir, ", ".join(map(str, ckpt)) or "none",
