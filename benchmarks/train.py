@@ -1,89 +1,262 @@
-"""Training throughput: steps/s and examples/s of the real train step (jit, shardings, donation) for the 2-D MLP
-(batch 256) and the digits U-Net (batch 128), with compile time reported separately and memory per step
-(XLA's compiled memory analysis). Prints a Markdown table and writes results/benchmarks/train-<UTC time>.json.
+"""Training throughput, measured (not a test). Three parts, each interleaved in rounds with medians reported:
 
-    python benchmarks/train.py [--steps 200] [--configs toy2d_rf,digits_rf]
+``--part compare`` (toy2d_rf): steps/s of the real command ``python -m flowgen.main --config=configs/toy2d_rf.py``
+  (its own summary: steps after the first call / training seconds, sampling and compilation excluded, checkpoint
+  saves included) against ``train_minimal_jax.py`` (plain jax + optax, one jitted step per call and 32 steps fused
+  with ``lax.scan``) and, with ``--torch-python``, the PyTorch eager mirror ``train_torch_mirror.py``.
+``--part overhead``: the same command for toy2d_rf and digits_rf against the bare compiled program the loop runs
+  (``--part step``: the loop's own jitted call on device-resident data, nothing else), so the ratio is what the
+  loop adds (data feeding, logging, checkpoints, non-finite checks).
+``--part peak``: GFLOP/s of float32 matmuls at the MLP's shape (256×256 by 256×256, 100 chained in one program)
+  and of a large one (2048³), plus steps/s, examples/s and fraction of that peak (FLOPs from XLA's cost analysis
+  of one step) for the digits U-Net and the CIFAR-10 U-Net and DiT-S/2 (batch ``--image-batch``; TFDS mock data).
+
+    python benchmarks/train.py --part compare --rounds 5 --torch-python /path/to/venv-with-torch/bin/python
+    python benchmarks/train.py --part overhead --rounds 3
+    python benchmarks/train.py --part peak
+
+Prints Markdown tables and writes ``results/benchmarks/train-<UTC time>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import contextlib
 import importlib.util
 import json
 import os
-import platform
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from flowgen.train import loop, sharding  # noqa: E402
-from flowgen.train.step import jit_train_step, make_train_step  # noqa: E402
+from common import environment, markdown_table, median, write_json  # noqa: E402
+
+SUMMARY = re.compile(r"training [\d.]+ s = ([\d.]+) steps/s")
+WITHOUT_SAVES = re.compile(r"; ([\d.]+) steps/s without them")
+CIFAR_DIT = ["--config.model.name=dit",
+             '--config.model.kwargs={"hidden": 384, "depth": 12, "num_heads": 6, "patch_size": 2}']
 
 
-def load_config(name: str):
+def load_config(name: str, overrides=()):
     spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    config = module.get_config()
+    for item in overrides:
+        key, value = item.removeprefix("--config.").split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = json.loads(value) if value[:1] in "{[" or value.replace(".", "").isdigit() else value
+    return config
 
 
-def measure(name: str, steps: int, data_dir: str) -> dict:
-    config = load_config(name)
+# ------------------------------------------------------------------------------------ the bare compiled program
+
+def step_only(name: str, steps: int, data_dir: str, overrides=()) -> dict:
+    """steps/s of the loop's own compiled call (same program, same steps per call) on device-resident data."""
+    from flowgen.train import input as input_lib
+    from flowgen.train import loop, sharding
+    from flowgen.train.step import jit_train_chunk, make_train_call, make_train_step
+
+    config = load_config(name, overrides)
     config.data.data_dir = data_dir
-    setup = loop.build(config)
-    mesh = setup.mesh
+    mock = contextlib.nullcontext()
+    if config.data.name == "cifar10":
+        import tensorflow_datasets as tfds
+
+        mock = tfds.testing.mock_data(num_examples=max(64, config.data.batch_size))
+    with mock:
+        setup = loop.build(config)
+    data, mesh = setup.data, setup.mesh
     batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    stacked = input_lib.stacked_sharding(batch_sh)
+    k = loop.steps_per_call(config, data)
+    step_fn = make_train_step(setup.loss_fn, setup.optimizer, setup.schedule, setup.decays)
+    if data.on_device:
+        device_batch = lambda s: jax.lax.with_sharding_constraint(data.device_batch(s), batch_sh)  # noqa: E731
+        batches, one_batch = {}, lambda state: device_batch(state.step)  # noqa: E731
+    else:
+        device_batch = None
+        shape = (k, config.data.batch_size, *data.element_shape)
+        host = {"x": np.random.default_rng(0).uniform(-1, 1, shape).astype(np.float32)}
+        if data.num_classes:
+            host["label"] = np.zeros(shape[:2], np.int32)
+        batches = jax.device_put(host, stacked)
+        one_batch = lambda state: jax.tree.map(lambda b: b[0], batches)  # noqa: E731
     state = jax.jit(setup.init_fn, out_shardings=setup.state_sharding)(setup.keys[0])
-    step_fn = jit_train_step(make_train_step(setup.loss_fn, setup.optimizer, setup.schedule, setup.decays),
-                             setup.state_sharding, batch_sh, repl)
-    batches = [sharding.global_batch(setup.data.next(), batch_sh) for _ in range(8)]
+    flops = jax.jit(lambda st, key: step_fn(st, one_batch(st), key)).lower(state, setup.keys[1]).compile()
+    flops = (flops.cost_analysis() or {}).get("flops")
+    program = jit_train_chunk(make_train_call(step_fn, device_batch, k), setup.state_sharding, stacked, repl)
     t0 = time.perf_counter()
-    compiled = step_fn.lower(state, batches[0], setup.keys[1]).compile()
+    state, report = program(state, batches, setup.keys[1], k)
+    jax.block_until_ready(report)
     compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    state, m = compiled(state, batches[0], setup.keys[1])
-    jax.block_until_ready(m)
+    calls = max(steps // k, 1)
     t0 = time.perf_counter()
-    for i in range(steps):
-        state, m = compiled(state, batches[i % len(batches)], setup.keys[1])
-    jax.block_until_ready(m)
+    for _ in range(calls):
+        state, report = program(state, batches, setup.keys[1], k)
+    jax.block_until_ready(report)
     dt = time.perf_counter() - t0
-    params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    return {
-        "config": name, "batch": config.data.batch_size, "params": params, "compile_s": compile_s,
-        "steps_per_s": steps / dt, "examples_per_s": steps * config.data.batch_size / dt,
-        "temp_bytes": getattr(mem, "temp_size_in_bytes", None),
-        "argument_bytes": getattr(mem, "argument_size_in_bytes", None),
-        "output_bytes": getattr(mem, "output_size_in_bytes", None), "final_loss": float(m["loss"]),
+    return {"config": name + (" " + " ".join(overrides) if overrides else ""), "batch": config.data.batch_size,
+            "params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params)), "steps_per_call": k,
+            "compile_s": compile_s, "steps_per_s": calls * k / dt, "examples_per_s": calls * k * config.data.batch_size
+            / dt, "flops_per_step": flops, "loss": float(report["metrics"]["loss"])}
+
+
+# --------------------------------------------------------------------------------------------- subprocess runners
+
+def _run(cmd, timeout=3600) -> str:
+    env = {**os.environ, "PYTHONPATH": REPO}
+    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out.stdout + out.stderr
+
+
+def cli_rate(config: str, extra=()) -> dict:
+    """steps/s of ``python -m flowgen.main`` as its closing summary states it, with and without checkpoint saves."""
+    with tempfile.TemporaryDirectory() as workdir:
+        text = _run([sys.executable, "-m", "flowgen.main", f"--config=configs/{config}.py", f"--workdir={workdir}",
+                     *extra])
+    return {"": float(SUMMARY.search(text).group(1)),
+            " (without checkpoint pauses)": float(WITHOUT_SAVES.search(text).group(1))}
+
+
+def json_line(cmd) -> dict:
+    """The last JSON object a command prints on a line of its own."""
+    return json.loads([line for line in _run(cmd).splitlines() if line.startswith("{")][-1])
+
+
+def step_only_sub(name: str, steps: int, data_dir: str) -> float:
+    return json_line([sys.executable, __file__, "--step-only", name, "--steps", str(steps),
+                      "--data-dir", data_dir])["steps_per_s"]
+
+
+# ------------------------------------------------------------------------------------------------------- parts
+
+def part_compare(args) -> dict:
+    contenders = {
+        "flowgen CLI": lambda: cli_rate("toy2d_rf"),
+        "minimal JAX, 1 step/call": lambda: json_line(
+            [sys.executable, "benchmarks/train_minimal_jax.py", "--steps", "2000", "--fuse", "1"])["steps_per_s"],
+        "minimal JAX, 32 steps/call (scan)": lambda: json_line(
+            [sys.executable, "benchmarks/train_minimal_jax.py", "--steps", "2000", "--fuse", "32"])["steps_per_s"],
     }
+    if args.torch_python:
+        contenders["PyTorch eager"] = lambda: json_line(
+            [args.torch_python, "benchmarks/train_torch_mirror.py", "--steps", "1000"])["steps_per_s"]
+    rates = _interleave(contenders, args.rounds)
+    best_minimal = max(median(rates[k]) for k in rates if k.startswith("minimal"))
+    rows = [[k, median(v), min(v), max(v), median(v) / best_minimal] for k, v in rates.items()]
+    print(markdown_table(["toy2d_rf", "median steps/s", "min", "max", "/ best minimal JAX"], rows))
+    per_round = {}
+    for name in (k for k in rates if k.startswith("flowgen CLI")):
+        per_round[name] = [c / max(rates[k][i] for k in rates if k.startswith("minimal"))
+                           for i, c in enumerate(rates[name])]
+        print(f"\n{name} / best minimal loop of the same round: median {median(per_round[name]):.3f} "
+              f"(rounds: {', '.join(f'{r:.3f}' for r in per_round[name])})")
+        if args.torch_python:
+            print(f"{name} / PyTorch eager: {median(rates[name]) / median(rates['PyTorch eager']):.2f}")
+    return {"rates": rates, "cli_over_minimal_per_round": per_round}
+
+
+def part_overhead(args) -> dict:
+    contenders = {}
+    for name, extra in [("toy2d_rf", []),
+                        ("digits_rf", ["--config.train.num_steps=150", "--config.train.sample_every=0"])]:
+        contenders[f"{name} CLI"] = lambda name=name, extra=extra: cli_rate(name, extra)
+        steps = 2000 if name == "toy2d_rf" else 60
+        contenders[f"{name} step only"] = lambda name=name, steps=steps: step_only_sub(name, steps, args.data_dir)
+    rates = _interleave(contenders, args.rounds)
+    rows = []
+    for name in ("toy2d_rf", "digits_rf"):
+        bare = rates[f"{name} step only"]
+        for cli_name in (k for k in rates if k.startswith(f"{name} CLI")):
+            ratios = [c / b for c, b in zip(rates[cli_name], bare, strict=True)]
+            rows.append([cli_name, median(bare), median(rates[cli_name]), median(ratios), 1 - median(ratios)])
+    print(markdown_table(["CLI", "step only steps/s", "CLI steps/s", "CLI / step only (median of rounds)",
+                          "overhead"], rows))
+    return {"rates": rates}
+
+
+def _chain_matmul_gflops(n: int, reps: int, chain: int) -> float:
+    w = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(n, n)))[0], jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda x, w: jax.lax.fori_loop(0, chain, lambda i, x: x @ w, x))
+    jax.block_until_ready(f(x, w))
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(x, w))
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 * chain / min(times) / 1e9
+
+
+def part_peak(args) -> dict:
+    small = _chain_matmul_gflops(256, 20, 100)
+    large = _chain_matmul_gflops(2048, 5, 1)
+    print(f"float32 matmul GFLOP/s (best of repeats): 256x256 @ 256x256 {small:.1f}, 2048^3 {large:.1f}\n")
+    rows = []
+    for name, overrides in [("digits_rf", []), ("cifar10_rf", [f"--config.data.batch_size={args.image_batch}"]),
+                            ("cifar10_rf", [f"--config.data.batch_size={args.image_batch}", *CIFAR_DIT])]:
+        r = step_only(name, args.image_steps, args.data_dir, overrides)
+        gflops = r["flops_per_step"] * r["steps_per_s"] / 1e9 if r["flops_per_step"] else float("nan")
+        rows.append([r["config"].replace("--config.", ""), r["batch"], r["params"], r["compile_s"], r["steps_per_s"],
+                     r["examples_per_s"], (r["flops_per_step"] or float("nan")) / 1e9, gflops, gflops / large])
+    print(markdown_table(["config", "batch", "params", "compile s", "steps/s", "examples/s", "GFLOP/step",
+                          "GFLOP/s", "/ large-matmul peak"], rows))
+    return {"matmul_gflops_256": small, "matmul_gflops_2048": large, "rows": rows}
+
+
+def _interleave(contenders: dict, rounds: int) -> dict:
+    """Run every contender once per round, in a rotated order; a contender returning a dict {suffix: rate}
+    contributes one series per suffix."""
+    rates: dict[str, list] = {}
+    for r in range(rounds):
+        order = list(contenders)
+        order = order[r % len(order):] + order[:r % len(order)]     # rotate, so no contender always goes first
+        for k in order:
+            got = contenders[k]()
+            for suffix, rate in (got.items() if isinstance(got, dict) else [("", got)]):
+                rates.setdefault(k + suffix, []).append(rate)
+                print(f"round {r + 1}/{rounds}  {k + suffix}: {rate:.1f} steps/s", file=sys.stderr, flush=True)
+    return rates
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--configs", default="toy2d_rf,digits_rf")
+    parser.add_argument("--part", choices=["compare", "overhead", "peak"], default="compare")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--torch-python", default=None, help="a Python interpreter with torch installed")
+    parser.add_argument("--image-batch", type=int, default=16)
+    parser.add_argument("--image-steps", type=int, default=3)
     parser.add_argument("--data-dir", default=os.path.join(REPO, "results", "data"))
+    parser.add_argument("--step-only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=2000, help=argparse.SUPPRESS)
+    parser.add_argument("--out-dir", default=None)
     args = parser.parse_args(argv)
-    rows = [measure(name, args.steps, args.data_dir) for name in args.configs.split(",")]
-    print(f"\n{jax.device_count()} x {jax.devices()[0].device_kind}, jax {jax.__version__}\n")
-    print("| config | batch | params | compile s | steps/s | examples/s | temp MB/step |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        temp = r["temp_bytes"] / 2**20 if r["temp_bytes"] is not None else float("nan")
-        print(f"| {r['config']} | {r['batch']} | {r['params']:,} | {r['compile_s']:.2f} | {r['steps_per_s']:.1f} | "
-              f"{r['examples_per_s']:.0f} | {temp:.1f} |")
-    out_dir = os.path.join(REPO, "results", "benchmarks")
-    os.makedirs(out_dir, exist_ok=True)
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    with open(os.path.join(out_dir, f"train-{stamp}.json"), "x") as f:
-        json.dump({"rows": rows, "jax": jax.__version__, "devices": [str(d) for d in jax.devices()],
-                   "platform": platform.platform(), "steps": args.steps}, f, indent=2)
+    if args.step_only:
+        print(json.dumps(step_only(args.step_only, args.steps, args.data_dir)))
+        return
+    result = {"compare": part_compare, "overhead": part_overhead, "peak": part_peak}[args.part](args)
+    print(f"\n{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} (at the end)")
+    path = write_json(f"train-{args.part}", {"part": args.part, "result": result, "environment": environment(),
+                                             "load_average_end": os.getloadavg(), "rounds": args.rounds},
+                      args.out_dir)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

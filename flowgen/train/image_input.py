@@ -11,6 +11,8 @@ from flowgen.data import digits, pipeline
 
 
 class ImageInput:
+    on_device = False   # host batches: the loop feeds them through input.DevicePrefetcher
+
     def __init__(self, data_cfg, seed: int):
         self.name = data_cfg.name
         spec = pipeline.dataset_spec(self.name)

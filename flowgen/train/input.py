@@ -2,43 +2,52 @@
 
     data.element_shape   shape of one example, e.g. (2,) or (32, 32, 3)
     data.num_classes     number of classes (0 if unlabelled)
-    data.next()          this process's share of the next global batch: {"x": (B_local, ...), "label": (B_local,)}
+    data.on_device       True: ``data.device_batch(step)`` makes global batch ``step`` inside the compiled step
+                         False: ``data.next()`` gives this process's share of the next global batch (host numpy)
     data.get_state()     JSON-serialisable iterator state (checkpointed);  data.set_state(state)
     data.reference(n, seed)  n examples for quality metrics (from the data, not the model)
 
-Toy sets are stateless in (seed, step); image datasets go through ``flowgen.data`` (TFDS ArrayRecord + grain).
+Toy sets are a pure function of (seed, step), so they are drawn on the device inside the training program: no
+host work and no transfer per step, and a resumed run sees exactly the same batches. Image datasets go through
+``flowgen.data`` (TFDS ArrayRecord + grain) on the host; ``DevicePrefetcher`` puts them on the devices ahead of
+use from a background thread, so a step never waits for reading, stacking or the transfer.
 """
 
 from __future__ import annotations
 
+import copy
+import queue
+import threading
+from collections.abc import Iterable
+
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from flowgen.data import toy
 
 
 class ToyInput:
+    on_device = True
+
     def __init__(self, name: str, seed: int, batch_size: int, kwargs: dict):
         self.name, self.seed, self.batch_size, self.kwargs = name, seed, batch_size, kwargs
         self.labelled = name in toy.MIXTURE_DATASETS
         self.num_classes = toy.toy_mixture(name, **kwargs).num_components if self.labelled else 0
         self.element_shape = (2,)
-        self._sample = toy.toy_sampler(name, batch_size, return_labels=self.labelled, **kwargs)
         self.step = 0
-        n_proc = jax.process_count()
-        if batch_size % n_proc:
-            raise ValueError(f"data.batch_size={batch_size} is not divisible by the number of processes ({n_proc})")
-        local = batch_size // n_proc
-        self._local = slice(jax.process_index() * local, (jax.process_index() + 1) * local)
 
-    def next(self) -> dict:
-        out = self._sample(self.seed, self.step)
-        self.step += 1
-        x, labels = out if self.labelled else (out, None)
-        batch = {"x": np.asarray(x)[self._local]}
-        if labels is not None:
-            batch["label"] = np.asarray(labels, np.int32)[self._local]
-        return batch
+    def device_batch(self, step) -> dict:
+        """Global batch number ``step`` (a traced int32 scalar) as ``{"x": (B, 2)[, "label": (B,)]}``; the same
+        values as ``flowgen.data.toy.toy_batch(name, seed, step, B)``."""
+        out = toy.toy_batch(self.name, self.seed, step, self.batch_size, return_labels=self.labelled, **self.kwargs)
+        if not self.labelled:
+            return {"x": out}
+        return {"x": out[0], "label": out[1].astype(np.int32)}
+
+    def advance(self, num_steps: int) -> None:
+        self.step += num_steps
 
     def get_state(self) -> dict:
         return {"step": self.step}
@@ -48,6 +57,76 @@ class ToyInput:
 
     def reference(self, n: int, seed: int = 12345) -> np.ndarray:
         return np.asarray(toy.toy_batch(self.name, seed, 0, n, **self.kwargs))
+
+
+class DevicePrefetcher:
+    """Iterates ``(n, batches, data_state)`` for each call length ``n`` in ``sizes``: ``n`` host batches of ``data``
+    stacked on a leading axis padded to ``length`` (by repeating the last; padded entries are never used), put on
+    the devices with ``sharding`` (global arrays), and the iterator state just after the n-th batch (what a
+    checkpoint taken after these steps must record). A background thread keeps ``depth`` calls ready.
+
+    ``close()`` (or leaving the ``with`` block) stops the thread; batches it read ahead are dropped, which is
+    harmless because checkpoints record ``data_state`` of the batches actually used.
+    """
+
+    _END = object()
+
+    def __init__(self, data, sizes: Iterable[int], length: int, sharding, depth: int = 2):
+        self._data, self._sizes, self._length, self._sharding = data, iter(sizes), length, sharding
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="flowgen-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self) -> None:
+        try:
+            for n in self._sizes:
+                if n > self._length:
+                    raise ValueError(f"a call of {n} steps does not fit the stacked length {self._length}")
+                local = [self._data.next() for _ in range(n)]
+                state = copy.deepcopy(self._data.get_state())
+                local += [local[-1]] * (self._length - n)
+                arrays = {k: jax.make_array_from_process_local_data(self._sharding, np.stack([b[k] for b in local]))
+                          for k in local[0]}
+                if not self._put((n, arrays, state)):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the consuming thread
+            self._put(e)
+
+    def __iter__(self):
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> DevicePrefetcher:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def stacked_sharding(batch_sharding: NamedSharding) -> NamedSharding:
+    """The sharding of host batches stacked for one call, (steps, batch, ...): the batch axis split as in
+    ``batch_sharding``, the steps axis not split."""
+    return NamedSharding(batch_sharding.mesh, P(None, *batch_sharding.spec))
 
 
 def make_input(data_cfg, seed: int):

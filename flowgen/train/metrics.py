@@ -41,3 +41,39 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+class Throughput:
+    """Steps per second of training alone, smoothed, for the console and the ETA.
+
+    Time counts only between ``mark()`` (training (re)starts: after compilation, sampling, saving) and each
+    ``update(steps)`` (that many more steps finished); pauses outside those intervals are excluded. The rate is
+    an exponentially weighted ratio over training time, ``rate = Σ wᵢ·stepsᵢ / Σ wᵢ·secondsᵢ`` with weights
+    halving every ``half_life`` seconds of training, so it follows load changes without jumping with each call.
+    """
+
+    def __init__(self, half_life: float = 20.0, clock=time.perf_counter):
+        self.half_life, self._clock = half_life, clock
+        self._steps = self._seconds = 0.0
+        self._since = None
+
+    def mark(self) -> None:
+        self._since = self._clock()
+
+    def update(self, steps: int) -> None:
+        now = self._clock()
+        if self._since is not None:
+            dt = now - self._since
+            decay = 0.5 ** (dt / self.half_life)
+            self._steps = self._steps * decay + steps
+            self._seconds = self._seconds * decay + dt
+        self._since = now
+
+    @property
+    def rate(self) -> float | None:
+        """Smoothed steps/s, or None before the first timed interval."""
+        return self._steps / self._seconds if self._seconds > 0 else None
+
+    def eta(self, remaining_steps: int) -> float | None:
+        rate = self.rate
+        return remaining_steps / rate if rate else None
