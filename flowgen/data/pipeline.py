@@ -242,8 +242,8 @@ def image_dataset(
     random_flip: bool | None = None,
     dequantize: bool = False,
     drop_remainder: bool = True,
-    num_threads: int = 16,
-    prefetch_buffer_size: int = 500,
+    num_threads: int | None = None,
+    prefetch_buffer_size: int | None = None,
     mock: bool = False,
 ) -> grain.IterDataset:
     """The batched grain dataset for one process; ``iter()`` of it gives a checkpointable ``DatasetIterator``.
@@ -258,7 +258,10 @@ def image_dataset(
       shard_index, shard_count: this process's shard; default ``jax.process_index()`` / ``jax.process_count()``.
       random_flip: horizontal flips with probability 1/2; None: the dataset's default (``ImageDatasetSpec``).
       dequantize: add uniform noise in [0, 1) to the integer pixels before scaling (see ``to_model_range``).
-      num_threads, prefetch_buffer_size: grain ``ReadOptions`` for reading and preprocessing records.
+      num_threads, prefetch_buffer_size: grain ``ReadOptions`` for reading and preprocessing records. Default: no
+        reader threads on machines of up to 4 cores (the training loop already reads ahead in a background thread,
+        and grain's threads compete with the step for the cores: 16 threads read 8×8 digits at 21.7 batches of 128/s
+        on an idle 2-core machine, none at 35.3/s), else min(16, cores) threads with a 500-record buffer.
       mock: read TFDS's mock data instead of the prepared files (see ``open_source``).
     """
     spec = dataset_spec(name)
@@ -293,5 +296,10 @@ def image_dataset(
         ds = ds.shuffle()
     ds = ds[shard_index : per_shard * shard_count : shard_count]
     ds = ds.repeat(num_epochs)
+    cores = os.cpu_count() or 1
+    if num_threads is None:
+        num_threads = 0 if cores <= 4 else min(16, cores)
+    if prefetch_buffer_size is None:
+        prefetch_buffer_size = 500 if num_threads else 0
     read_options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size)
     return ds.to_iter_dataset(read_options).batch(batch_size, drop_remainder=drop_remainder)
