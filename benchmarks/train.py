@@ -7,6 +7,9 @@
 ``--part overhead``: the same command for toy2d_rf and digits_rf against the bare compiled program the loop runs
   (``--part step``: the loop's own jitted call on device-resident data, nothing else), so the ratio is what the
   loop adds (data feeding, logging, checkpoints, non-finite checks).
+``--part profile``: where the time of one config's compiled step goes (default digits_rf): a ``jax.profiler`` trace
+  of ``--image-steps`` steps, each XLA operation's time summed by kind (convolution, matmul, elementwise/reduce,
+  layout) using the optimised HLO, and the GFLOP/s the convolutions and matmuls reach.
 ``--part peak``: GFLOP/s of float32 matmuls at the MLP's shape (256×256 by 256×256, 100 chained in one program)
   and of a large one (2048³), plus steps/s, examples/s and fraction of that peak (FLOPs from XLA's cost analysis
   of one step) for the digits U-Net and the CIFAR-10 U-Net and DiT-S/2 (batch ``--image-batch``; TFDS mock data).
@@ -14,6 +17,7 @@
     python benchmarks/train.py --part compare --rounds 5 --torch-python /path/to/venv-with-torch/bin/python
     python benchmarks/train.py --part overhead --rounds 3
     python benchmarks/train.py --part peak
+    python benchmarks/train.py --part profile --image-steps 5
 
 Prints Markdown tables and writes ``results/benchmarks/train-<UTC time>.json``.
 """
@@ -64,8 +68,10 @@ def load_config(name: str, overrides=()):
 
 # ------------------------------------------------------------------------------------ the bare compiled program
 
-def step_only(name: str, steps: int, data_dir: str, overrides=()) -> dict:
-    """steps/s of the loop's own compiled call (same program, same steps per call) on device-resident data."""
+def bare_program(name: str, data_dir: str, overrides=()):
+    """The loop's own compiled call for config ``name`` (same program, same steps per call) on device-resident data:
+    ``(config, program, args, k, flops_per_step)`` where ``program(*args)`` returns ``(state, report)`` and the next
+    call must pass the returned state in place of ``args[0]`` (it is donated)."""
     from flowgen.train import input as input_lib
     from flowgen.train import loop, sharding
     from flowgen.train.step import jit_train_chunk, make_train_call, make_train_step
@@ -99,14 +105,20 @@ def step_only(name: str, steps: int, data_dir: str, overrides=()) -> dict:
     flops = jax.jit(lambda st, key: step_fn(st, one_batch(st), key)).lower(state, setup.keys[1]).compile()
     flops = (flops.cost_analysis() or {}).get("flops")
     program = jit_train_chunk(make_train_call(step_fn, device_batch, k), setup.state_sharding, stacked, repl)
+    return config, program, (state, batches, setup.keys[1], k), k, flops
+
+
+def step_only(name: str, steps: int, data_dir: str, overrides=()) -> dict:
+    """steps/s of the loop's own compiled call (same program, same steps per call) on device-resident data."""
+    config, program, (state, *args), k, flops = bare_program(name, data_dir, overrides)
     t0 = time.perf_counter()
-    state, report = program(state, batches, setup.keys[1], k)
+    state, report = program(state, *args)
     jax.block_until_ready(report)
     compile_s = time.perf_counter() - t0
     calls = max(steps // k, 1)
     t0 = time.perf_counter()
     for _ in range(calls):
-        state, report = program(state, batches, setup.keys[1], k)
+        state, report = program(state, *args)
     jax.block_until_ready(report)
     dt = time.perf_counter() - t0
     return {"config": name + (" " + " ".join(overrides) if overrides else ""), "batch": config.data.batch_size,
@@ -220,6 +232,109 @@ def part_peak(args) -> dict:
     return {"matmul_gflops_256": small, "matmul_gflops_2048": large, "rows": rows}
 
 
+# ------------------------------------------------------------------------------------------------------ profile
+
+_OP = re.compile(r"^\s*(?:ROOT\s+)?%?(?P<name>[\w.\-]+)\s*=\s*(?P<rest>.*)$")
+_OPCODE = re.compile(r"(?<![\w.\-%])([a-z][a-z0-9\-]*)\(")
+_CALLS = re.compile(r"(?:calls|to_apply|body|condition)=\{?%?([\w.\-]+)")
+_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?(?P<name>[\w.\-]+)\s.*\{\s*$")
+
+
+def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
+    """Each instruction of an optimised HLO module mapped to what it computes: ``convolution``, ``matmul`` (dot),
+    ``elementwise/reduce`` (everything else that computes), ``layout`` (copy, transpose, slicing, concatenation),
+    ``control`` (while, conditional: containers whose time is their body's). Fusions get the kind of the
+    heaviest op inside them (convolution > matmul > the rest)."""
+    ops: dict[str, list] = {}            # computation -> [(name, opcode, called computations)]
+    current = None
+    for line in hlo_text.splitlines():
+        m = _COMPUTATION.match(line)
+        if m and "=" not in line.split("{")[0]:
+            current = m["name"]
+            ops[current] = []
+            continue
+        m = _OP.match(line)
+        if m and current is not None:
+            opcode = _OPCODE.search(m["rest"])
+            ops[current].append((m["name"], opcode.group(1) if opcode else "?", _CALLS.findall(m["rest"])))
+    rank = {"convolution": 3, "matmul": 2, "elementwise/reduce": 1, "layout": 0}
+
+    def kind_of(opcode, called, seen=()):
+        if opcode in ("while", "conditional"):
+            return "control"
+        if opcode == "convolution":
+            return "convolution"
+        if opcode == "dot":
+            return "matmul"
+        if called:
+            kinds = [kind_of(o, c, (*seen, *called)) for comp in called if comp not in seen
+                     for _, o, c in ops.get(comp, [])]
+            kinds = [k for k in kinds if k in rank]
+            return max(kinds, key=rank.get) if kinds else "elementwise/reduce"
+        if opcode in ("copy", "transpose", "slice", "dynamic-slice", "dynamic-update-slice", "concatenate",
+                      "pad", "reshape", "bitcast", "broadcast", "gather", "scatter", "tuple", "get-tuple-element",
+                      "parameter", "constant"):
+            return "layout"
+        return "elementwise/reduce"
+
+    return {name: kind_of(opcode, called) for comp in ops.values() for name, opcode, called in comp}
+
+
+def profile_step(name: str, data_dir: str, calls: int, overrides=()) -> dict:
+    """Time per kind of XLA operation in the compiled step, from a ``jax.profiler`` trace (XLA:CPU records one event
+    per executed operation, named after its HLO instruction) and the optimised HLO (``compiled.as_text()``)."""
+    import collections
+    import glob
+    import gzip
+
+    config, program, (state, *args), k, flops = bare_program(name, data_dir, overrides)
+    kinds = hlo_op_kinds(program.lower(state, *args).compile().as_text())
+    state, report = program(state, *args)                  # compile and warm up
+    jax.block_until_ready(report)
+    with tempfile.TemporaryDirectory() as trace_dir:
+        t0 = time.perf_counter()
+        with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+            for _ in range(calls):
+                state, report = program(state, *args)
+            jax.block_until_ready(report)
+        wall = time.perf_counter() - t0
+        (path,) = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+        with gzip.open(path) as f:
+            trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    seconds: dict[str, float] = collections.defaultdict(float)
+    by_op: dict[str, float] = collections.defaultdict(float)
+    for e in events:
+        op = (e.get("args") or {}).get("hlo_op")
+        if e.get("ph") == "X" and op:
+            kind = kinds.get(op, "unmatched")
+            if kind != "control":
+                seconds[kind] += e["dur"] * 1e-6 / (calls * k)
+                by_op[op] += e["dur"] * 1e-6 / (calls * k)
+    return {"config": name, "wall_s_per_step": wall / (calls * k), "flops_per_step": flops,
+            "op_seconds_per_step": dict(seconds),
+            "top_ops": sorted(by_op.items(), key=lambda kv: -kv[1])[:12]}
+
+
+def part_profile(args) -> dict:
+    peak = _chain_matmul_gflops(2048, 5, 1)
+    r = profile_step(args.profile_config, args.data_dir, args.image_steps)
+    total = sum(r["op_seconds_per_step"].values())
+    flops = r["flops_per_step"] or float("nan")
+    compute = sum(v for k, v in r["op_seconds_per_step"].items() if k in ("convolution", "matmul"))
+    print(f"{r['config']}: {r['wall_s_per_step'] * 1e3:.0f} ms per step (wall, under the profiler), "
+          f"{flops / 1e9:.2f} GFLOP per step; large-matmul peak {peak:.0f} GFLOP/s\n")
+    rows = [[kind, sec * 1e3, sec / total] for kind, sec in sorted(r["op_seconds_per_step"].items(),
+                                                                    key=lambda kv: -kv[1])]
+    print(markdown_table(["kind of XLA op", "ms per step (summed over threads)", "share"], rows))
+    per_core = peak / (os.cpu_count() or 1)
+    print(f"\nconvolutions and matmuls together: {compute / total:.0%} of op time; doing (almost) all FLOPs, "
+          f"they ran at {flops / compute / 1e9:.0f} GFLOP/s per busy core, {flops / compute / 1e9 / per_core:.0%} of a "
+          f"core's share of the large-matmul peak ({per_core:.0f} GFLOP/s)")
+    print("\nheaviest ops (ms per step):", ", ".join(f"{op} {sec * 1e3:.1f}" for op, sec in r["top_ops"]))
+    return {**r, "matmul_gflops_2048": peak}
+
+
 def _interleave(contenders: dict, rounds: int) -> dict:
     """Run every contender once per round, in a rotated order; a contender returning a dict {suffix: rate}
     contributes one series per suffix."""
@@ -237,7 +352,8 @@ def _interleave(contenders: dict, rounds: int) -> dict:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=["compare", "overhead", "peak"], default="compare")
+    parser.add_argument("--part", choices=["compare", "overhead", "peak", "profile"], default="compare")
+    parser.add_argument("--profile-config", default="digits_rf", help="--part profile: the config whose step to trace")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch-python", default=None, help="a Python interpreter with torch installed")
     parser.add_argument("--image-batch", type=int, default=16)
@@ -250,7 +366,8 @@ def main(argv=None) -> None:
     if args.step_only:
         print(json.dumps(step_only(args.step_only, args.steps, args.data_dir)))
         return
-    result = {"compare": part_compare, "overhead": part_overhead, "peak": part_peak}[args.part](args)
+    parts = {"compare": part_compare, "overhead": part_overhead, "peak": part_peak, "profile": part_profile}
+    result = parts[args.part](args)
     print(f"\n{jax.device_count()} x {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f} (at the end)")
     path = write_json(f"train-{args.part}", {"part": args.part, "result": result, "environment": environment(),

@@ -97,6 +97,43 @@ def test_restoring_state_mid_epoch_gives_the_same_next_batches(data_dir):
     assert_same(take(it, 8), expected)
 
 
+@pytest.mark.parametrize("num_threads", [0, 2])
+def test_decoded_cache_gives_the_same_batches_and_resumes_the_same(data_dir, num_threads):
+    """Keeping decoded records in memory changes nothing a run sees: the same batches over several epochs (with
+    flips and dequantisation, which are keyed by record), and the same after restoring a mid-epoch state."""
+    options = {"num_epochs": None, "random_flip": True, "dequantize": True, "num_threads": num_threads}
+    plain = take(iter(make(data_dir, cache=False, **options)), 20)   # 660 records: 2.2 epochs
+    cached_it = iter(make(data_dir, cache=True, **options))
+    assert_same(take(cached_it, 20), plain)
+    state = cached_it.get_state()
+    expected = take(iter(make(data_dir, cache=False, **options)), 26)[20:]
+    assert_same(take(cached_it, 6), expected)
+    restored = iter(make(data_dir, cache=True, **options))
+    restored.set_state(state)
+    assert_same(take(restored, 6), expected)
+
+
+def test_small_splits_are_cached_by_default(data_dir, monkeypatch):
+    reads = []
+    source = pipeline.open_source("flowgen_digits", "test", data_dir)
+
+    class Counting:
+        def __len__(self):
+            return len(source)
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return source[i]
+
+    monkeypatch.setattr(pipeline, "open_source", lambda *a, **k: Counting())
+    list(make(data_dir, num_epochs=3, batch_size=99, num_threads=0))
+    assert sorted(reads) == list(range(N_TEST))        # each record read once in three epochs
+    monkeypatch.setattr(pipeline, "DECODED_CACHE_MAX_BYTES", N_TEST * 64 - 1)   # one byte short: not cached
+    reads.clear()
+    list(make(data_dir, num_epochs=3, batch_size=99, num_threads=0))
+    assert len(reads) == 3 * N_TEST
+
+
 def test_flips_mirror_about_half_the_images(data_dir):
     plain = list(make(data_dir, num_epochs=1, batch_size=N_TEST, random_flip=False))[0]
     flipped = list(make(data_dir, num_epochs=1, batch_size=N_TEST, random_flip=True))[0]

@@ -405,6 +405,28 @@ def test_digest_sees_every_changed_word_and_ignores_layout():
         assert sum(a != b for a, b in zip(got["leaves"], ref["leaves"], strict=True)) == 1
 
 
+def test_digest_is_pinned_and_compiles_once_per_leaf_kind():
+    """The digest of a fixed state is a constant (checkpoints written by earlier versions must keep verifying), and
+    ``compile_checksums`` compiles everything ``state_checksum`` needs ahead of it: one program per leaf shape,
+    dtype and sharding, shared by the leaves alike (a train state holds four copies of its network)."""
+    from flowgen.train import checkpoint
+
+    state = {"w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4) / 7, "b": jnp.arange(5, dtype=jnp.bfloat16),
+             "n": np.int64(7), "s": jnp.int32(2), "u": jnp.arange(6, dtype=jnp.uint8).reshape(1, 2, 3)}
+    assert state_checksum(state)["digest"] == "834aa520bdc51632116a15c5d864b9ff40bedb610546f04c9544cf4d75032200"
+    twins = {"params": {"a": jnp.ones((7, 3)), "b": jnp.zeros((7, 3))}, "ema": {"a": jnp.ones((7, 3)) * 2}}
+    checkpoint.compile_checksums(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                              twins), background=False)
+    compiled = dict(checkpoint._PROGRAMS)
+    state_checksum(twins)
+    assert checkpoint._PROGRAMS == compiled                 # nothing compiled at save time
+    assert sum(k[0] == (7, 3) for k in compiled) == 1       # one program for the three (7, 3) float32 leaves
+    thread = checkpoint.compile_checksums({"c": jax.ShapeDtypeStruct((2, 9), jnp.float32,
+                                                                     sharding=twins["ema"]["a"].sharding)})
+    thread.join()
+    assert any(k[0] == (2, 9) for k in checkpoint._PROGRAMS)
+
+
 def test_records_of_the_earlier_sha256_format_still_verify(tmp_path, monkeypatch):
     """Checkpoints written before the device-side digest (record format 1) restore and verify, and a flipped value
     in them is still caught."""

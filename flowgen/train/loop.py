@@ -31,7 +31,7 @@ from flowgen.train import config as config_lib
 from flowgen.train import input as input_lib
 from flowgen.train import sharding as sharding_lib
 from flowgen.train import visualize
-from flowgen.train.checkpoint import Checkpointer
+from flowgen.train.checkpoint import Checkpointer, compile_checksums
 from flowgen.train.metrics import MetricWriter, Throughput
 from flowgen.train.model import build_network, make_apply_fns
 from flowgen.train.optim import ema_decays, make_optimizer
@@ -124,10 +124,13 @@ def build(config) -> Setup:
                  decays, init_fn, keys, abstract, sharding_lib.state_shardings(abstract, mesh))
 
 
+def _abstract_sharded(setup: Setup):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        setup.abstract, setup.state_sharding)
+
+
 def _restore(setup: Setup, checkpointer: Checkpointer):
-    abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                    setup.abstract, setup.state_sharding)
-    return checkpointer.restore(abstract_sharded)
+    return checkpointer.restore(_abstract_sharded(setup))
 
 
 def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
@@ -166,6 +169,9 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
         state = jax.jit(setup.init_fn, out_shardings=setup.state_sharding)(init_key)
         step = 0
     _write_config(workdir, config)
+    # The checkpoint checksum's programs compile in the background (while the first step compiles), not at the
+    # first save.
+    compile_checksums(_abstract_sharded(setup))
 
     writer = MetricWriter(workdir)
     if step == 0:
@@ -342,8 +348,8 @@ class _Run:
         trained = step - self.start_step
         rate = (trained - 1) / train_s if trained > 1 and train_s > 0 else float("nan")
         bare = (trained - 1) / (train_s - s["checkpoint"]) if trained > 1 and train_s > s["checkpoint"] else rate
-        log.info("%s at step %d/%d: %d steps in %s; training %.1f s = %.1f steps/s (after the first call, "
-                 "checkpoint saves included: %.1f s; %.1f steps/s without them), first call with compilation %.1f s, "
+        log.info("%s at step %d/%d: %d steps in %s; training %.2f s = %.4g steps/s (after the first call, "
+                 "checkpoint saves included: %.2f s; %.4g steps/s without them), first call with compilation %.1f s, "
                  "sampling %.1f s", "stopped (SIGTERM)" if preempted else "finished", step,
                  self.config.train.num_steps, trained, _duration(wall), train_s, rate, s["checkpoint"], bare,
                  s["compile"], s["sampling"])
