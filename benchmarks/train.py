@@ -159,37 +159,40 @@ def step_only_sub(name: str, steps: int, data_dir: str) -> float:
 # ------------------------------------------------------------------------------------------------------- parts
 
 def part_compare(args) -> dict:
+    steps = str(args.toy_steps)
     contenders = {
-        "flowgen CLI": lambda: cli_rate("toy2d_rf"),
+        "flowgen CLI": lambda: cli_rate("toy2d_rf", [f"--config.train.num_steps={steps}"]),
         "minimal JAX, 1 step/call": lambda: json_line(
-            [sys.executable, "benchmarks/train_minimal_jax.py", "--steps", "2000", "--fuse", "1"])["steps_per_s"],
+            [sys.executable, "benchmarks/train_minimal_jax.py", "--steps", steps, "--fuse", "1"])["steps_per_s"],
         "minimal JAX, 32 steps/call (scan)": lambda: json_line(
-            [sys.executable, "benchmarks/train_minimal_jax.py", "--steps", "2000", "--fuse", "32"])["steps_per_s"],
+            [sys.executable, "benchmarks/train_minimal_jax.py", "--steps", steps, "--fuse", "32"])["steps_per_s"],
     }
     if args.torch_python:
         contenders["PyTorch eager"] = lambda: json_line(
             [args.torch_python, "benchmarks/train_torch_mirror.py", "--steps", "1000"])["steps_per_s"]
     rates = _interleave(contenders, args.rounds)
-    best_minimal = max(median(rates[k]) for k in rates if k.startswith("minimal"))
-    rows = [[k, median(v), min(v), max(v), median(v) / best_minimal] for k, v in rates.items()]
-    print(markdown_table(["toy2d_rf", "median steps/s", "min", "max", "/ best minimal JAX"], rows))
+    # The reference is one contender, the minimal variant with the best median: taking each round's faster of the
+    # two would favour the minimal loop with the noise of the two draws.
+    best = max((k for k in rates if k.startswith("minimal")), key=lambda k: median(rates[k]))
+    rows = [[k, median(v), min(v), max(v), median(v) / median(rates[best])] for k, v in rates.items()]
+    print(markdown_table(["toy2d_rf", "median steps/s", "min", "max", f"/ median of {best}"], rows))
     per_round = {}
     for name in (k for k in rates if k.startswith("flowgen CLI")):
-        per_round[name] = [c / max(rates[k][i] for k in rates if k.startswith("minimal"))
-                           for i, c in enumerate(rates[name])]
-        print(f"\n{name} / best minimal loop of the same round: median {median(per_round[name]):.3f} "
-              f"(rounds: {', '.join(f'{r:.3f}' for r in per_round[name])})")
+        per_round[name] = [c / m for c, m in zip(rates[name], rates[best], strict=True)]
+        print(f"\n{name} / {best}, same round: median {median(per_round[name]):.3f} "
+              f"(rounds: {', '.join(f'{r:.3f}' for r in per_round[name])}); fastest round / fastest round: "
+              f"{max(rates[name]) / max(rates[best]):.3f}")
         if args.torch_python:
-            print(f"{name} / PyTorch eager: {median(rates[name]) / median(rates['PyTorch eager']):.2f}")
-    return {"rates": rates, "cli_over_minimal_per_round": per_round}
+            print(f"{name} / PyTorch eager (medians): {median(rates[name]) / median(rates['PyTorch eager']):.2f}")
+    return {"rates": rates, "reference": best, "cli_over_minimal_per_round": per_round}
 
 
 def part_overhead(args) -> dict:
     contenders = {}
-    for name, extra in [("toy2d_rf", []),
+    for name, extra in [("toy2d_rf", [f"--config.train.num_steps={args.toy_steps}"]),
                         ("digits_rf", ["--config.train.num_steps=150", "--config.train.sample_every=0"])]:
         contenders[f"{name} CLI"] = lambda name=name, extra=extra: cli_rate(name, extra)
-        steps = 2000 if name == "toy2d_rf" else 60
+        steps = args.toy_steps if name == "toy2d_rf" else 60
         contenders[f"{name} step only"] = lambda name=name, steps=steps: step_only_sub(name, steps, args.data_dir)
     rates = _interleave(contenders, args.rounds)
     rows = []
@@ -356,6 +359,9 @@ def main(argv=None) -> None:
     parser.add_argument("--profile-config", default="digits_rf", help="--part profile: the config whose step to trace")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch-python", default=None, help="a Python interpreter with torch installed")
+    parser.add_argument("--toy-steps", type=int, default=6000,
+                        help="--part compare/overhead: steps of each toy run (the config's 2000 take 8 s here, too "
+                             "short to average out the machine's drift; the schedule is constant after warm-up)")
     parser.add_argument("--image-batch", type=int, default=16)
     parser.add_argument("--image-steps", type=int, default=3)
     parser.add_argument("--data-dir", default=os.path.join(REPO, "results", "data"))

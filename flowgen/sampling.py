@@ -81,7 +81,7 @@ def _resolve_grid(path: Path, solver: Solver, grid, num_steps, t_start, t_end, r
     return ts
 
 
-def _check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray) -> None:
+def check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray) -> None:
     """Refuse grids on which this path/target/solver would divide by zero or evaluate infinite coefficients."""
     coefficients = Coefficients(*host_eval(functools.partial(_path_coefficients, path), ts))
     coeff = coefficients._asdict()
@@ -115,7 +115,7 @@ def _named_grid(path, target, solver, grid, num_steps, t_start, t_end, rho) -> n
     """A named grid, built and checked once per (path, target, solver, kind, steps, ends, ρ) and then reused."""
     with jax.ensure_compile_time_eval():
         ts = _resolve_grid(path, solver, grid, num_steps, t_start, t_end, rho)
-        _check_grid_on_path(path, target, solver, ts)
+        check_grid_on_path(path, target, solver, ts)
     ts.setflags(write=False)
     return ts
 
@@ -225,7 +225,7 @@ def sample(
         with jax.ensure_compile_time_eval():
             ts = _resolve_grid(path, solver, grid, num_steps, t_start, t_end, rho)
             if isinstance(ts, np.ndarray):
-                _check_grid_on_path(path, target, solver, ts)
+                check_grid_on_path(path, target, solver, ts)
 
     if noise is None:
         if key is None or shape is None:

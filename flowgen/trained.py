@@ -15,15 +15,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import os
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -95,7 +92,7 @@ def load_model(workdir: str | os.PathLike, params: str = "ema", step: int | None
     from flowgen import paths as paths_lib
     from flowgen.train import config as config_lib
     from flowgen.train import sharding as sharding_lib
-    from flowgen.train.checkpoint import Checkpointer, _abstract_leaves
+    from flowgen.train.checkpoint import Checkpointer
     from flowgen.train.model import build_network, make_apply_fns
     from flowgen.train.optim import ema_decays, make_optimizer
     from flowgen.train.step import init_state
@@ -126,14 +123,8 @@ def load_model(workdir: str | os.PathLike, params: str = "ema", step: int | None
     checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints, async_save=False)
     try:
         steps = [s for s in checkpointer.all_steps() if step is None or s <= step]
-        expected = _abstract_leaves(abstract)
-        restored = None
-        for s in sorted(steps, reverse=True):
-            # Checkpointer.restore would quarantine a bad step (a write); loading only reads, so try each step here.
-            reason, restored = checkpointer._try_restore(s, abstract, expected)
-            if reason is None:
-                break
-            log.warning("skipping checkpoint step %d of %s: %s", s, workdir, reason)
+        # Loading only reads: a damaged step is skipped, never moved (training's restore quarantines it).
+        restored = checkpointer.restore(abstract, max(steps), quarantine=False) if steps else None
     finally:
         checkpointer.close()
     if restored is None:

@@ -494,7 +494,7 @@ MULTIHOST_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_two_processes_checksum_their_own_shards_without_gathering(tmp_path):
+def test_two_processes_checksum_their_own_shards_without_gathering(tmp_path, run_processes):
     """2 processes x 4 CPU devices, an FSDP-sharded state: save and verified restore work while any all-gather of
     more than one element fails; both processes compute the same digest, equal to one process's over the same
     global values."""
@@ -503,18 +503,9 @@ def test_two_processes_checksum_their_own_shards_without_gathering(tmp_path):
     rows = 4096  # 4 MiB of float32 per process-pair
     port = portpicker.pick_unused_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    procs = [subprocess.Popen([sys.executable, "-c", MULTIHOST_SCRIPT, str(tmp_path / "ck"), str(port), str(i),
-                               str(rows)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for i in range(2)]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
+    codes, outs = run_processes([[sys.executable, "-c", MULTIHOST_SCRIPT, str(tmp_path / "ck"), str(port), str(i),
+                                  str(rows)] for i in range(2)], env)
+    assert codes == [0, 0], "\n".join(o[-3000:] for o in outs)
     digests = {re.search(r"digest=(\w+)", o).group(1) for o in outs}
     assert len(digests) == 1
     full = np.random.default_rng(0).normal(size=(rows, 256)).astype(np.float32)

@@ -84,6 +84,12 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     assert step_a == step_b == 60
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    # The logged losses too: steps logged again after the resume carry the same values, one row per step.
+    from flowgen.train.metrics import read_metrics
+
+    logged = [{k: r[k] for k in ("step", "loss", "grad_norm", "lr")} for r in read_metrics(tmp_path / "ref")]
+    assert [{k: r[k] for k in logged[0]} for r in read_metrics(tmp_path / "killed")] == logged
+    assert [r["step"] for r in logged] == list(range(5, 61, 5))
 
 
 def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
@@ -231,7 +237,7 @@ def test_workdir_of_another_config_is_refused_and_left_intact(tmp_path):
             assert after[p] == data, p
 
 
-def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
+def test_two_processes_match_one_process_with_the_same_devices(tmp_path, run_processes):
     """Multi-host on one machine: 2 processes × 4 CPU devices (jax.distributed on 127.0.0.1) train the same model as
     1 process × 8 devices, each process feeding its half of the global batch; parameters agree to 1e-5."""
     import portpicker
@@ -239,22 +245,11 @@ def test_two_processes_match_one_process_with_the_same_devices(tmp_path):
     args = ["--config.train.num_steps=20", "--config.train.checkpoint_every=20"]
     port = portpicker.pick_unused_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "flowgen.main", "--config=configs/toy2d_rf.py:small", f"--workdir={tmp_path / 'mh'}",
-             *FAST, *args, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)
-    ]
-    outs = []
-    for p in procs:
-        try:
-            outs.append(p.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    assert all(p.returncode == 0 for p in procs), "\n".join(o[-2000:] for o in outs)
+    codes, outs = run_processes(
+        [[sys.executable, "-m", "flowgen.main", "--config=configs/toy2d_rf.py:small", f"--workdir={tmp_path / 'mh'}",
+          *FAST, *args, f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"] for i in range(2)],
+        env)
+    assert codes == [0, 0], "\n".join(o[-2000:] for o in outs)
     single = run_main(tmp_path / "one", *args, devices=8)
     assert single.returncode == 0, single.stderr
     step_a, a = final_params(tmp_path / "one")

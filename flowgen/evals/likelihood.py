@@ -100,9 +100,9 @@ def _check(path, target, x, divergence, probe, num_probes, key, solver, num_step
         raise ValueError(f"need t_min <= t_start < t_end <= t_max = [{path.t_min}, {path.t_max}] of {path!r}; "
                          f"got t_start={t_start}, t_end={t_end}")
     # The sampler's own refusals (infinite coefficients, a noise/score target where α = 0, ...) on a fine grid.
-    from flowgen.sampling import _check_grid_on_path
+    from flowgen.sampling import check_grid_on_path
 
-    _check_grid_on_path(path, target, solvers_lib.get("rk4"), np.linspace(t_start, t_end, 65))
+    check_grid_on_path(path, target, solvers_lib.get("rk4"), np.linspace(t_start, t_end, 65))
 
 
 def log_likelihood(

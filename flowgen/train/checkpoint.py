@@ -122,7 +122,8 @@ class Checkpointer:
 
     # --------------------------------------------------------------- restore
 
-    def restore(self, abstract_state, step: int | None = None) -> tuple[int, Any, dict] | None:
+    def restore(self, abstract_state, step: int | None = None, *, quarantine: bool = True
+                ) -> tuple[int, Any, dict] | None:
         """Restore ``(step, state, metadata)`` from the newest good checkpoint at or before ``step`` (None: newest).
 
         ``abstract_state`` is a pytree of ``jax.ShapeDtypeStruct`` with ``.sharding`` set (``jax.eval_shape`` plus
@@ -131,7 +132,8 @@ class Checkpointer:
         step and the reason), moved to ``<directory>/corrupt/<step>-<timestamp>`` and the next older step is tried;
         None if none is good. Raises, touching nothing: CheckpointMismatchError if an intact checkpoint holds a
         different tree (leaf paths, shapes, dtypes) than ``abstract_state``; CheckpointRestoreError if a restore fails
-        for any other reason; FileNotFoundError if ``step`` is given but absent.
+        for any other reason; FileNotFoundError if ``step`` is given but absent. ``quarantine=False`` only reads: a
+        damaged step is logged and skipped, not moved (for readers such as ``flowgen.load_model``).
         """
         self.wait()
         self._manager.reload()  # the directory may have changed under us (another process, a quarantine)
@@ -157,7 +159,11 @@ class Checkpointer:
                     + ". That is not evidence of damage (not a checksum mismatch, nor missing or undecodable data), "
                     "so nothing was moved; fix the cause and run again.") from error
             if status == 1:
-                self._quarantine(s, reason or "damaged on another process")
+                if quarantine:
+                    self._quarantine(s, reason or "damaged on another process")
+                else:
+                    log.warning("skipping damaged checkpoint step %d of %s (left in place): %s", s, self.directory,
+                                reason or "damaged on another process")
                 continue
             return restored
         return None

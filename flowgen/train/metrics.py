@@ -1,5 +1,9 @@
 """Metrics: JSON lines (``metrics.jsonl``), TensorBoard event files (tensorboardX; no TensorFlow needed) and a
-console line. Only process 0 writes."""
+console line. Only process 0 writes.
+
+``metrics.jsonl`` is append-only: a run resumed from a checkpoint older than its last logged step logs the steps
+after that checkpoint again (with the same values: resuming is exact), and sampling metrics come as rows of their
+own. ``read_metrics(workdir)`` gives one merged row per step."""
 
 from __future__ import annotations
 
@@ -41,6 +45,19 @@ class MetricWriter:
         if self.enabled:
             self._jsonl.close()
             self._tb.close()
+
+
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
+    """The rows of ``workdir/metrics.jsonl`` merged into one dict per step, in step order: the keys logged at a step
+    (training metrics, sampling metrics), a later row's values replacing an earlier one's (a step logged again after
+    a resume). Raises FileNotFoundError if the run has logged nothing."""
+    merged: dict[int, dict] = {}
+    with open(os.path.join(os.fspath(workdir), "metrics.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                merged.setdefault(int(row["step"]), {}).update(row)
+    return [merged[step] for step in sorted(merged)]
 
 
 class Throughput:
