@@ -40,7 +40,6 @@ into a new timestamped subdirectory of ``--out`` instead.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import functools
 import json
@@ -69,6 +68,8 @@ from experiments.report import (  # noqa: E402
     write_results,
 )
 from flowgen.evals.sample_metrics import sliced_w2  # noqa: E402
+from flowgen.sweep import spec as sweep_spec  # noqa: E402
+from flowgen.sweep.spec import SolverSpec  # noqa: E402
 
 DEFAULT_OUT = "results/analytic_sweep"
 DEFAULT_PATHS = ("linear", "vp_linear")
@@ -87,40 +88,8 @@ QUICK = {"paths": "linear", "solvers": "euler,heun,rk4,dpmpp_2m,euler_maruyama",
 # --------------------------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class SolverSpec:
-    name: str
-    options: tuple[tuple[str, object], ...]
-
-    @property
-    def label(self) -> str:
-        """``name`` or ``name(option=value, ...)``: the series name in tables and plots."""
-        if not self.options:
-            return self.name
-        return f"{self.name}({', '.join(f'{k}={v}' for k, v in self.options)})"
-
-    def build(self, **extra) -> fg.solvers.Solver:
-        return fg.solvers.get(self.name, **dict(self.options), **extra)
-
-
-def _literal(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def parse_solver(text: str) -> SolverSpec:
-    name, *opts = text.strip().split(":")
-    options = []
-    for opt in opts:
-        key, sep, value = opt.partition("=")
-        if not sep or not key:
-            raise ValueError(f"bad solver option {opt!r} in {text!r}; write name:option=value[:option=value]")
-        options.append((key.strip(), _literal(value.strip())))
-    spec = SolverSpec(name.strip(), tuple(options))
-    spec.build()                                   # unknown names/options/values raise a ValueError here
-    return spec
+    return sweep_spec.parse_solver(text, allow_adaptive=True)      # dopri5 sweeps its tolerance here
 
 
 def parse_path(text: str) -> tuple[str, str]:

@@ -89,7 +89,9 @@ class SweepSpec:
     title: str
 
 
-def parse_solver(text: str) -> SolverSpec:
+def parse_solver(text: str, allow_adaptive: bool = False) -> SolverSpec:
+    """``"name[:option=value...]"`` (values as Python literals) -> SolverSpec, checked by building the solver; an
+    adaptive solver is refused unless ``allow_adaptive`` (an NFE sweep needs fixed-step solvers)."""
     name, *opts = str(text).strip().split(":")
     options = []
     for opt in opts:
@@ -103,7 +105,7 @@ def parse_solver(text: str) -> SolverSpec:
         options.append((key.strip(), value))
     spec = SolverSpec(name.strip(), tuple(options))
     solver = spec.build()                      # unknown names/options/values raise a ValueError naming the valid ones
-    if budget.is_adaptive(solver):
+    if not allow_adaptive and budget.is_adaptive(solver):
         raise ValueError(f"solver {spec.label!r} is adaptive (its NFE follows its tolerance, not a budget); an NFE "
                          "sweep needs a fixed-step solver")
     return spec
