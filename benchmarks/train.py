@@ -330,11 +330,11 @@ def part_profile(args) -> dict:
           f"{flops / 1e9:.2f} GFLOP per step; large-matmul peak {peak:.0f} GFLOP/s\n")
     rows = [[kind, sec * 1e3, sec / total] for kind, sec in sorted(r["op_seconds_per_step"].items(),
                                                                     key=lambda kv: -kv[1])]
-    print(markdown_table(["kind of XLA op", "ms per step (summed over threads)", "share"], rows))
-    per_core = peak / (os.cpu_count() or 1)
-    print(f"\nconvolutions and matmuls together: {compute / total:.0%} of op time; doing (almost) all FLOPs, "
-          f"they ran at {flops / compute / 1e9:.0f} GFLOP/s per busy core, {flops / compute / 1e9 / per_core:.0%} of a "
-          f"core's share of the large-matmul peak ({per_core:.0f} GFLOP/s)")
+    print(markdown_table(["kind of XLA op", "ms per step (sum of its ops' durations)", "share"], rows))
+    print(f"\nconvolutions and matmuls: {compute / total:.0%} of the op time; doing (almost) all FLOPs, they ran at "
+          f"{flops / compute / 1e9:.0f} GFLOP/s, {flops / compute / 1e9 / peak:.0%} of the large-matmul peak; the "
+          f"other {1 - compute / total:.0%} (normalisation, activations, optimiser and EMA updates, copies) is "
+          "memory-bound")
     print("\nheaviest ops (ms per step):", ", ".join(f"{op} {sec * 1e3:.1f}" for op, sec in r["top_ops"]))
     return {**r, "matmul_gflops_2048": peak}
 
