@@ -5,8 +5,8 @@
   saves included) against ``train_minimal_jax.py`` (plain jax + optax, one jitted step per call and 32 steps fused
   with ``lax.scan``) and, with ``--torch-python``, the PyTorch eager mirror ``train_torch_mirror.py``.
 ``--part overhead``: the same command for toy2d_rf and digits_rf against the bare compiled program the loop runs
-  (``--part step``: the loop's own jitted call on device-resident data, nothing else), so the ratio is what the
-  loop adds (data feeding, logging, checkpoints, non-finite checks).
+  (the loop's own jitted call on device-resident data, nothing else), so the ratio is what the loop adds (data
+  feeding, logging, checkpoint saves, non-finite checks); each command run sits between two step-only runs.
 ``--part profile``: where the time of one config's compiled step goes (default digits_rf): a ``jax.profiler`` trace
   of ``--image-steps`` steps, each XLA operation's time summed by kind (convolution, matmul, elementwise/reduce,
   layout) using the optimised HLO, and the GFLOP/s the convolutions and matmuls reach.
@@ -188,22 +188,26 @@ def part_compare(args) -> dict:
 
 
 def part_overhead(args) -> dict:
-    contenders = {}
-    for name, extra in [("toy2d_rf", [f"--config.train.num_steps={args.toy_steps}"]),
-                        ("digits_rf", [f"--config.train.num_steps={args.digits_steps}",
-                                       "--config.train.sample_every=0"])]:
-        contenders[f"{name} CLI"] = lambda name=name, extra=extra: cli_rate(name, extra)
-        steps = args.toy_steps if name == "toy2d_rf" else 100
-        contenders[f"{name} step only"] = lambda name=name, steps=steps: step_only_sub(name, steps, args.data_dir)
-    rates = _interleave(contenders, args.rounds)
-    rows = []
-    for name in ("toy2d_rf", "digits_rf"):
-        bare = rates[f"{name} step only"]
-        for cli_name in (k for k in rates if k.startswith(f"{name} CLI")):
-            ratios = [c / b for c, b in zip(rates[cli_name], bare, strict=True)]
-            rows.append([cli_name, median(bare), median(rates[cli_name]), median(ratios), 1 - median(ratios)])
-    print(markdown_table(["CLI", "step only steps/s", "CLI steps/s", "CLI / step only (median of rounds)",
-                          "overhead"], rows))
+    """Each CLI run between two step-only runs of the same config (S C S C ... S): a CLI run's ratio is to the mean
+    of its two neighbours, so the machine's drift (±10 % over minutes here) cancels to first order; rotating whole
+    contenders, as ``compare`` does, left a toy CLI run minutes (of digits runs) away from its step-only run."""
+    runs = {"toy2d_rf": ([f"--config.train.num_steps={args.toy_steps}"], args.toy_steps),
+            "digits_rf": ([f"--config.train.num_steps={args.digits_steps}", "--config.train.sample_every=0"], 100)}
+    rates, rows = {}, []
+    for name, (extra, steps) in runs.items():
+        bare = [step_only_sub(name, steps, args.data_dir)]
+        cli = []
+        for r in range(args.rounds):
+            cli.append(cli_rate(name, extra)[""])
+            bare.append(step_only_sub(name, steps, args.data_dir))
+            print(f"round {r + 1}/{args.rounds}  {name}: step only {bare[-2]:.2f}, CLI {cli[-1]:.2f}, step only "
+                  f"{bare[-1]:.2f} steps/s", file=sys.stderr, flush=True)
+        ratios = [c / ((b0 + b1) / 2) for c, b0, b1 in zip(cli, bare[:-1], bare[1:], strict=True)]
+        rates[name] = {"step_only": bare, "cli": cli, "cli_over_neighbouring_step_only": ratios}
+        rows.append([name, median(bare), median(cli), median(ratios), 1 - median(ratios),
+                     ", ".join(f"{x:.3f}" for x in ratios)])
+    print(markdown_table(["config", "step only steps/s", "CLI steps/s", "CLI / step only (median of runs)",
+                          "overhead", "runs"], rows))
     return {"rates": rates}
 
 

@@ -211,6 +211,10 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
                 run.pending = call
                 continue
             run.finish(call)                     # the state is needed now: wait for this call too
+            if save_now:                         # first: orbax writes in the background while we sample
+                with run.pause("checkpoint"):
+                    log.info("checkpoint step %d: saving to %s", step, checkpointer.directory / str(step))
+                    checkpointer.save(step, state, {"config": current, "data": call.data_state, "step": step})
             if sample_now:
                 with run.pause("sampling"):
                     quality = visualize.sample_and_report(
@@ -218,10 +222,6 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
                         jax.random.fold_in(sample_key, step))
                     writer.write(step, quality)
                     run.samples.append(visualize.sample_path(workdir, step))
-            if save_now:
-                with run.pause("checkpoint"):
-                    log.info("checkpoint step %d: saving to %s", step, checkpointer.directory / str(step))
-                    checkpointer.save(step, state, {"config": current, "data": call.data_state, "step": step})
             if preemption.requested:
                 break
         run.finish_pending()
