@@ -147,3 +147,18 @@ def test_sample_mode_draws_once_and_never_overwrites(workdir, monkeypatch):
     with pytest.raises(sample_mode.SamplesExistError, match=stem):
         sample_mode.sample_from_checkpoint(toy_config(), str(workdir))
     assert snapshot(workdir / "samples") == before and len(calls) == 1
+
+
+def test_a_failure_while_sampling_keeps_that_steps_checkpoint(tmp_path, monkeypatch):
+    """The loop saves before it samples, so a crash in sampling (a metric, a full disk for the PNG) loses no training:
+    the step is on disk and the same command resumes from it."""
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("sampling failed")
+
+    monkeypatch.setattr(visualize, "sample_and_report", broken)
+    workdir = tmp_path / "w"
+    with pytest.raises(RuntimeError, match="sampling failed"):
+        loop.train_and_evaluate(toy_config(checkpoint_every=10), str(workdir))
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [10]

@@ -195,40 +195,42 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     log.info("training steps %d -> %d, up to %d steps per call; the first call compiles", step, tc.num_steps, k)
 
     run = _Run(config, workdir, writer, checkpointer, step)
-    with _Preemption() as preemption, feed:
-        for n, batches, data_state in feed:
-            state, report = train_chunk(state, batches, train_key, n)     # asynchronous: returns at once
-            step += n
-            if data.on_device:
-                data.advance(n)
-                data_state = data.get_state()
-            call = _Call(step, n, report, data_state, log=step % tc.log_every == 0 or step == tc.num_steps)
-            run.finish_pending()                 # waits for the previous call while this one runs
-            sample_now = tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps)
-            save_now = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or (
-                step == tc.num_steps) or preemption.requested
-            if not (run.first or sample_now or save_now):
-                run.pending = call
-                continue
-            run.finish(call)                     # the state is needed now: wait for this call too
-            if save_now:                         # first: orbax writes in the background while we sample
-                with run.pause("checkpoint"):
-                    log.info("checkpoint step %d: saving to %s", step, checkpointer.directory / str(step))
-                    checkpointer.save(step, state, {"config": current, "data": call.data_state, "step": step})
-            if sample_now:
-                with run.pause("sampling"):
-                    quality = visualize.sample_and_report(
-                        config, workdir, step, state, setup.sample_apply, path, data, num_classes,
-                        jax.random.fold_in(sample_key, step))
-                    writer.write(step, quality)
-                    run.samples.append(visualize.sample_path(workdir, step))
-            if preemption.requested:
-                break
-        run.finish_pending()
-    checkpointer.wait()
-    run.summary(step, preempted=preemption.requested)
-    checkpointer.close()
-    writer.close()
+    try:
+        with _Preemption() as preemption, feed:
+            for n, batches, data_state in feed:
+                state, report = train_chunk(state, batches, train_key, n)     # asynchronous: returns at once
+                step += n
+                if data.on_device:
+                    data.advance(n)
+                    data_state = data.get_state()
+                call = _Call(step, n, report, data_state, log=step % tc.log_every == 0 or step == tc.num_steps)
+                run.finish_pending()                 # waits for the previous call while this one runs
+                sample_now = tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps)
+                save_now = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or (
+                    step == tc.num_steps) or preemption.requested
+                if not (run.first or sample_now or save_now):
+                    run.pending = call
+                    continue
+                run.finish(call)                     # the state is needed now: wait for this call too
+                if save_now:                         # first: orbax writes in the background while we sample
+                    with run.pause("checkpoint"):
+                        log.info("checkpoint step %d: saving to %s", step, checkpointer.directory / str(step))
+                        checkpointer.save(step, state, {"config": current, "data": call.data_state, "step": step})
+                if sample_now:
+                    with run.pause("sampling"):
+                        quality = visualize.sample_and_report(
+                            config, workdir, step, state, setup.sample_apply, path, data, num_classes,
+                            jax.random.fold_in(sample_key, step))
+                        writer.write(step, quality)
+                        run.samples.append(visualize.sample_path(workdir, step))
+                if preemption.requested:
+                    break
+            run.finish_pending()
+        checkpointer.wait()
+        run.summary(step, preempted=preemption.requested)
+    finally:  # also on an error (sampling, a non-finite loss, Ctrl-C): pending saves land on disk
+        checkpointer.close()
+        writer.close()
     return run.last
 
 
