@@ -289,6 +289,7 @@ class _Run:
         self.start_step = start_step
         self.pending: _Call | None = None
         self.first = True
+        self.first_call_steps = 0
         self.last: dict = {}
         self.samples: list[str] = []
         self.throughput = Throughput()
@@ -313,7 +314,7 @@ class _Run:
                 f"(step {self.checkpointer.latest_step()}) is intact in {self.workdir}/checkpoints")
         first = self.first
         if first:
-            self.first = False
+            self.first, self.first_call_steps = False, call.n
             self.seconds["compile"] = time.perf_counter() - self.t_start
             self.throughput.mark()
             log.info("compiled and ran the first call in %.1f s", self.seconds["compile"])
@@ -348,8 +349,9 @@ class _Run:
         s = self.seconds
         train_s = wall - s["compile"] - s["sampling"]
         trained = step - self.start_step
-        rate = (trained - 1) / train_s if trained > 1 and train_s > 0 else float("nan")
-        bare = (trained - 1) / (train_s - s["checkpoint"]) if trained > 1 and train_s > s["checkpoint"] else rate
+        timed = trained - self.first_call_steps          # the first call's steps ran inside the compile time
+        rate = timed / train_s if timed > 0 and train_s > 0 else float("nan")
+        bare = timed / (train_s - s["checkpoint"]) if timed > 0 and train_s > s["checkpoint"] else rate
         log.info("%s at step %d/%d: %d steps in %s; training %.2f s = %.4g steps/s (after the first call, "
                  "checkpoint saves included: %.2f s; %.4g steps/s without them), first call with compilation %.1f s, "
                  "sampling %.1f s", "stopped (SIGTERM)" if preempted else "finished", step,
