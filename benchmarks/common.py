@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
 
@@ -23,6 +25,25 @@ def time_call(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     jax.block_until_ready(fn())
     return time.perf_counter() - start
+
+
+def matmul_gflops(n: int, chain: int = 1, reps: int = 5) -> float:
+    """Float32 GFLOP/s of ``chain`` chained (n × n) @ (n × n) products in one jitted program (2·n³·chain FLOPs),
+    best of ``reps`` timed calls after one warm-up call. The multiplier is orthogonal, so values stay bounded."""
+    w = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(n, n)))[0], jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(n, n)), jnp.float32)
+    f = jax.jit(lambda x, w: jax.lax.fori_loop(0, chain, lambda i, x: x @ w, x))
+    time_call(lambda: f(x, w))
+    return 2 * n**3 * chain / min(time_call(lambda: f(x, w)) for _ in range(reps)) / 1e9
+
+
+def matmul_peak_gflops() -> float:
+    """The machine's float32 large-matmul peak: the best of 1024³ (8 chained) and 2048³ (4 chained), best of 10.
+
+    One 2048³ product timed 5 times read 130 GFLOP/s in one run and 208 a few minutes later on the same machine;
+    two shapes and longer, more repeats make the figure stable (callers may also take it before and after).
+    """
+    return max(matmul_gflops(1024, 8, 10), matmul_gflops(2048, 4, 10))
 
 
 def median(values: Sequence[float]) -> float:

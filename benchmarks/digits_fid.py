@@ -11,8 +11,6 @@ import argparse
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -21,14 +19,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 from flowgen.evals import digits_fid  # noqa: E402
-
-
-def matmul_gflops(size: int = 1024, rounds: int = 5) -> float:
-    """Best-of-rounds float32 GFLOP/s of a jitted (size × size) @ (size × size) product (2·size³ FLOPs)."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(f(a))
-    return 2 * size**3 / min(common.time_call(lambda: f(a)) for _ in range(rounds)) / 1e9
 
 
 def main() -> None:
@@ -45,13 +35,13 @@ def main() -> None:
     digits_fid.reference_stats()
     t_features = [common.time_call(lambda: digits_fid.features(params, images)) for _ in range(args.rounds)]
     t_fid = [common.time_call(lambda: digits_fid.digits_fid(images)) for _ in range(args.rounds)]
-    gflops = matmul_gflops()
+    gflops = common.matmul_peak_gflops()
     rows = [
         ["features", args.num_images, common.median(t_features), args.num_images / common.median(t_features)],
         ["digits_fid", args.num_images, common.median(t_fid), args.num_images / common.median(t_fid)],
     ]
     print(common.markdown_table(["what", "images", "median s", "images/s"], rows))
-    print(f"\nfloat32 matmul (1024²): {gflops:.1f} GFLOP/s")
+    print(f"\nfloat32 matmul peak: {gflops:.1f} GFLOP/s")
     payload = {
         "benchmark": "digits_fid",
         "time": common.now_utc(),

@@ -22,7 +22,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -48,13 +47,6 @@ for line in sys.stdin:
     out = model(x)
     print(time.perf_counter() - start, flush=True)
 """.replace("import sys,", "import json, sys,")
-
-
-def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda a: a @ a)
-    common.time_call(lambda: f(a))
-    return 2 * n**3 / min(common.time_call(lambda: f(a)) for _ in range(reps)) / 1e9
 
 
 def main():
@@ -95,7 +87,7 @@ def main():
         worker.stdin.close()
         worker.wait(timeout=60)
 
-    gflops = matmul_gflops()
+    gflops = common.matmul_peak_gflops()
     jax_ips = args.batch / common.median(jax_s)
     rows = [["flowgen (JAX)", f"{jax_ips:.2f}", f"{jax_ips * GFLOP_PER_IMAGE:.1f}", f"{min(jax_s):.2f}"]]
     result = {"batch": args.batch, "rounds": args.rounds, "matmul_gflops": gflops, "jax_seconds": jax_s,
