@@ -74,6 +74,7 @@ def bare_program(name: str, data_dir: str, overrides=()):
     call must pass the returned state in place of ``args[0]`` (it is donated)."""
     from flowgen.train import input as input_lib
     from flowgen.train import loop, sharding
+    from flowgen.train.run import Run
     from flowgen.train.step import jit_train_chunk, make_train_call, make_train_step
 
     config = load_config(name, overrides)
@@ -84,12 +85,13 @@ def bare_program(name: str, data_dir: str, overrides=()):
 
         mock = tfds.testing.mock_data(num_examples=max(64, config.data.batch_size))
     with mock:
-        setup = loop.build(config)
-    data, mesh = setup.data, setup.mesh
+        setup = Run.from_config(config)
+        data = setup.make_input()
+    mesh = setup.mesh
     batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     stacked = input_lib.stacked_sharding(batch_sh)
     k = loop.steps_per_call(config, data)
-    step_fn = make_train_step(setup.loss_fn, setup.optimizer, setup.schedule, setup.decays)
+    step_fn = make_train_step(setup.loss_fn(), setup.optimizer, setup.schedule, setup.decays)
     if data.on_device:
         device_batch = lambda s: jax.lax.with_sharding_constraint(data.device_batch(s), batch_sh)  # noqa: E731
         batches, one_batch = {}, lambda state: device_batch(state.step)  # noqa: E731
@@ -101,7 +103,7 @@ def bare_program(name: str, data_dir: str, overrides=()):
             host["label"] = np.zeros(shape[:2], np.int32)
         batches = jax.device_put(host, stacked)
         one_batch = lambda state: jax.tree.map(lambda b: b[0], batches)  # noqa: E731
-    state = jax.jit(setup.init_fn, out_shardings=setup.state_sharding)(setup.keys[0])
+    state = setup.init_state()
     flops = jax.jit(lambda st, key: step_fn(st, one_batch(st), key)).lower(state, setup.keys[1]).compile()
     flops = (flops.cost_analysis() or {}).get("flops")
     program = jit_train_chunk(make_train_call(step_fn, device_batch, k), setup.state_sharding, stacked, repl)

@@ -1,12 +1,14 @@
 """Couplings of data and noise for training: which noise sample each data point is paired with.
 
-    independent   noise ~ N(0, I) drawn independently of the data (I-CFM; Lipman et al. 2023)
+    independent   a source batch drawn independently of the data (I-CFM; Lipman et al. 2023)
     ot            minibatch optimal transport (Tong et al. 2023; Pooladian et al. 2023): the permutation π minimising
                   Σ_i ‖x_i − z_π(i)‖², solved exactly with scipy's Hungarian algorithm on the host (jax.pure_callback)
     sinkhorn      entropic minibatch OT with ott-jax's Sinkhorn; pairs (i, j) are drawn from the plan, as in torchcfm
-    given         pairs supplied by the batch (``batch["noise"]``), e.g. reflow pairs (Liu et al. 2023)
+    given         pairs supplied by the batch (``batch["noise"]``), e.g. reflow pairs (Liu et al. 2023); the data set
+                  must carry them (``data.name = "pairs"``, see ``flowgen.data.pairs``)
 
-Each coupling is ``couple(key, x_data, batch) -> (x_data, noise)`` with shapes (B, ...); it runs under jit.
+Each coupling is ``couple(key, x_data, batch, source) -> (x_data, noise)`` with shapes (B, ...); ``source`` is the
+source distribution (``flowgen.sources``, N(0, I) by default) the unpaired couplings draw x₀ from. It runs under jit.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.optimize
+
+from flowgen.sources import GAUSSIAN
 
 
 def _flat(x):
@@ -44,7 +48,10 @@ def exact_assignment(cost: jax.Array) -> jax.Array:
 class Coupling:
     name: ClassVar[str] = "coupling"
 
-    def __call__(self, key, x_data, batch):
+    #: True if the batch itself must carry the pairs (``batch["noise"]``).
+    needs_pairs: ClassVar[bool] = False
+
+    def __call__(self, key, x_data, batch, source=GAUSSIAN):
         raise NotImplementedError
 
 
@@ -52,8 +59,8 @@ class Coupling:
 class Independent(Coupling):
     name: ClassVar[str] = "independent"
 
-    def __call__(self, key, x_data, batch):
-        return x_data, jax.random.normal(key, x_data.shape, x_data.dtype)
+    def __call__(self, key, x_data, batch, source=GAUSSIAN):
+        return x_data, source.sample(key, x_data.shape, x_data.dtype)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +69,8 @@ class MinibatchOT(Coupling):
 
     name: ClassVar[str] = "ot"
 
-    def __call__(self, key, x_data, batch):
-        noise = jax.random.normal(key, x_data.shape, x_data.dtype)
+    def __call__(self, key, x_data, batch, source=GAUSSIAN):
+        noise = source.sample(key, x_data.shape, x_data.dtype)
         perm = exact_assignment(jax.lax.stop_gradient(squared_cost(x_data, noise)))
         return x_data, noise[perm]
 
@@ -79,13 +86,13 @@ class SinkhornOT(Coupling):
         if not self.epsilon > 0:
             raise ValueError(f"sinkhorn: epsilon must be > 0; got {self.epsilon!r}")
 
-    def __call__(self, key, x_data, batch):
+    def __call__(self, key, x_data, batch, source=GAUSSIAN):
         from ott.geometry import pointcloud
         from ott.problems.linear import linear_problem
         from ott.solvers.linear import sinkhorn
 
         k_noise, k_pairs = jax.random.split(key)
-        noise = jax.random.normal(k_noise, x_data.shape, x_data.dtype)
+        noise = source.sample(k_noise, x_data.shape, x_data.dtype)
         geom = pointcloud.PointCloud(_flat(x_data), _flat(noise), epsilon=self.epsilon, relative_epsilon="mean")
         plan = sinkhorn.Sinkhorn()(linear_problem.LinearProblem(geom)).matrix
         b = x_data.shape[0]
@@ -99,8 +106,9 @@ class Given(Coupling):
     """Pairs from the batch: ``batch["noise"]`` must have the shape of the data (reflow)."""
 
     name: ClassVar[str] = "given"
+    needs_pairs: ClassVar[bool] = True
 
-    def __call__(self, key, x_data, batch):
+    def __call__(self, key, x_data, batch, source=GAUSSIAN):
         if "noise" not in batch:
             raise ValueError("coupling 'given' needs batch['noise'] (the paired noise, e.g. from reflow)")
         noise = batch["noise"]

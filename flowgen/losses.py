@@ -39,6 +39,7 @@ from flowgen.couplings import Coupling, get_coupling
 from flowgen.paths.schedules import Path, host_eval
 from flowgen.paths.targets import check_target, target_from_pair
 from flowgen.paths.time_samplers import TimeSampler, get_time_sampler
+from flowgen.sources import GAUSSIAN, Source
 
 WEIGHTINGS = ("uniform", "snr", "min_snr", "edm", "likelihood")
 _LAMBDA_CLIP = 20.0
@@ -99,9 +100,11 @@ def make_loss(
     sigma_data: float = 0.5,
     time_sampler_options: dict | None = None,
     coupling_options: dict | None = None,
+    source: Source = GAUSSIAN,
 ):
     """A pure ``loss_fn(params, batch, key) -> (loss, aux)``; batch = {"x": (B, ...), optional "label": (B,),
-    optional "noise" (coupling "given"), optional "t": (B,) to fix the times}. All options are checked here."""
+    optional "noise" (coupling "given"), optional "t": (B,) to fix the times}. x₀ ("noise") is drawn from ``source``
+    (N(0, I) by default) and paired with the data by ``coupling``. All options are checked here."""
     check_target(target)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; valid weightings: {', '.join(WEIGHTINGS)}")
@@ -124,7 +127,7 @@ def make_loss(
     def loss_fn(params, batch, key):
         x_data = batch["x"]
         k_couple, k_time, k_drop, k_model = jax.random.split(key, 4)
-        x_data, noise = couple(k_couple, x_data, batch)
+        x_data, noise = couple(k_couple, x_data, batch, source)
         b = x_data.shape[0]
         t = batch["t"] if "t" in batch else sampler.sample(k_time, (b,), x_data.dtype)
         x_t = path.sample(x_data, noise, t)

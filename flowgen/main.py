@@ -4,6 +4,8 @@
     --mode=sample    draw samples from the newest checkpoint into workdir/samples/ (never overwriting a file)
     --mode=sweep     run the NFE sweep of a sweep config (experiments/NAME.py) into the workdir, resumably
     --mode=prepare   build the dataset of --config.data.name in --config.data.data_dir (digits: offline)
+    --mode=describe  build the run (no data read, nothing trained) and print the network's parameters, the FLOPs of
+                     one training step (XLA's cost analysis) and, last, ``parameters: <N>``
     --restart        train from step 0 in a workdir whose checkpoints were all quarantined as damaged
 
 Configs are ml_collections config files (``get_config(variant)``); any key can be overridden on the command line.
@@ -26,7 +28,8 @@ from ml_collections import config_flags
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train", "default_config.py")
 _REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-MODES = ("train", "sample", "sweep", "prepare")
+MODES = ("train", "sample", "sweep", "prepare", "describe")
+NO_WORKDIR = ("prepare", "describe")
 EXIT_USAGE = 2
 
 
@@ -93,7 +96,7 @@ def _run(values) -> int:
     config = values.config
     mode = values.mode
     try:
-        if mode != "prepare" and values.workdir is None:
+        if mode not in NO_WORKDIR and values.workdir is None:
             raise CommandLineError(f"--workdir is required for --mode={mode}")
         if values.restart and mode != "train":
             raise CommandLineError("--restart only applies to --mode=train")
@@ -106,6 +109,10 @@ def _run(values) -> int:
         else:
             config_lib.validate(config)
             config_lib.check_devices(config)
+            if mode == "describe":
+                from flowgen.train.run import Run
+
+                description = Run.from_config(config).describe()
     except ValueError as e:  # config_lib's checks name the key, the value and the choices
         return _error(str(e))
     try:
@@ -120,6 +127,8 @@ def _run(values) -> int:
             from flowgen.sweep.runner import run as run_sweep
 
             print(run_sweep(config, values.workdir)["markdown"])
+        elif mode == "describe":
+            print(description)
         elif mode == "train":
             from flowgen.train.loop import train_and_evaluate
 

@@ -34,6 +34,7 @@ import optax
 import flowgen as fg
 from flowgen.data.toy import toy_batch
 from flowgen.losses import make_loss
+from flowgen.methods import FlowMatching
 from flowgen.networks import MLP
 from flowgen.train.step import init_state, make_train_step
 
@@ -62,7 +63,9 @@ plt.show()
 # $$L(\theta) = \mathbb E_{t, x_\text{data}, \text{noise}}\,\lVert u_\theta(x_t, t) - (x_\text{data} - \text{noise})\rVert^2 .$$
 #
 # Its minimiser is the marginal velocity $u(x, t) = \mathbb E[x_\text{data} - \text{noise} \mid x_t = x]$, whose ODE
-# carries the prior exactly onto the data. `make_loss` builds this objective for any path and any target.
+# carries the prior exactly onto the data. `make_loss` builds this objective for any path and any target; the
+# method `FlowMatching` wraps it in the interface every training method has (its loss also sees the train state, so
+# other methods can regress onto the EMA or a teacher).
 
 # %%
 network = MLP(hidden=128, depth=3)
@@ -73,7 +76,8 @@ def train_apply(params, x_t, t, cond, rng):
     return network.apply(params, x_t, t)
 
 
-loss_fn = make_loss(train_apply, path, target="velocity")
+regression = make_loss(train_apply, path, target="velocity")          # loss(params, batch, key)
+loss_fn = FlowMatching(path, target="velocity").make_loss(train_apply)  # loss(params, state, batch, key): the same
 schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 100, 3000)
 optimizer = optax.adam(schedule)
 state = init_state(params, optimizer, decays=(0.99,))

@@ -30,6 +30,7 @@ from flowgen.train import config as config_lib
 from flowgen.train import loop
 from flowgen.train.checkpoint import Checkpointer
 from flowgen.train.model import build_network
+from flowgen.train.run import Run
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
@@ -129,12 +130,10 @@ def test_small_variant_trains(path, tmp_path, data_dir):
         assert all(np.isfinite(v) for k, v in line.items() if k != "time"), line
 
     # The checkpoint at the last step restores and verifies (orbax checksum, tree structure, metadata).
-    setup = with_data(config, lambda: loop.build(config), data_dir)
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            setup.abstract, setup.state_sharding)
+    run = Run.from_config(config)
     with Checkpointer(workdir / "checkpoints") as checkpointer:
         assert checkpointer.latest_step() == n, checkpointer.all_steps()
-        step, state, meta = checkpointer.restore(abstract, step=n)
+        step, state, meta = run.restore(checkpointer, step=n)
     assert step == meta["step"] == n
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(state.params))
 
@@ -169,6 +168,7 @@ def test_full_variant_validates_and_builds(path, data_dir):
     if stated is not None:
         assert count == pytest.approx(stated, rel=0.02), f"docstring states {stated / 1e6}M, the network has {count}"
     # The whole run's setup: data (mocked for catalogue datasets), loss, optimizer, sharded abstract state.
-    setup = with_data(config, lambda: loop.build(config), data_dir)
-    assert setup.data.element_shape == tuple(shape)
-    assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(setup.abstract.params)) == count
+    run = Run.from_config(config)
+    data = with_data(config, run.make_input, data_dir)
+    assert data.element_shape == run.element_shape == tuple(shape)
+    assert sum(int(np.prod(a.shape)) for a in jax.tree.leaves(run.abstract_state.params)) == count

@@ -305,10 +305,11 @@ def test_guidance_must_be_a_scalar_number(bad):
 def test_training_config_uses_the_same_guidance_convention():
     """``config.sample.guidance``: None (default) samples the conditional model unguided, and a weight w means
     what ``fg.sample(guidance=w)`` means: w = 1 the conditional model, w = 0 the unconditional one."""
+    import dataclasses
     from types import SimpleNamespace
 
     from flowgen.train.config import base_config
-    from flowgen.train.visualize import draw_samples
+    from flowgen.train.run import Run
 
     with jax.enable_x64(True):
         model = GMM.model(LINEAR, "velocity", conditional=True)
@@ -316,17 +317,20 @@ def test_training_config_uses_the_same_guidance_convention():
         def draw(guidance):
             config = base_config()
             config.sample.ema, config.sample.num_steps, config.loss.target = "params", 8, "velocity"
+            config.model.num_classes = 8
             config.sample.guidance = guidance
+            run = dataclasses.replace(Run.from_config(config), sample_apply=lambda p, x, t, c: model(x, t, c))
             state = SimpleNamespace(params=jnp.zeros(()), ema={})
-            x, _ = draw_samples(config, state, lambda p, x, t, c: model(x, t, c), LINEAR, (2,), 8, KEY, 16)
+            x, _ = run.draw_samples(state, KEY, 16)
             return x
 
         assert base_config().sample.guidance is None
         conditional, w1, w0 = draw(None), draw(1.0), draw(0.0)
         np.testing.assert_allclose(w1, conditional, rtol=1e-5, atol=1e-5)     # draw_samples draws float32 noise
         config = base_config()
+        noise = jax.random.normal(jax.random.split(KEY)[0], (16, 2), jnp.float32)   # as Run.draw_samples draws it
         unconditional, _ = fg.sample(GMM.model(LINEAR, "velocity"), LINEAR, solver=config.sample.solver, num_steps=8,
-                                     grid=config.sample.grid, key=KEY, shape=(16, 2))
+                                     grid=config.sample.grid, key=KEY, noise=noise)
         np.testing.assert_allclose(w0, unconditional, rtol=1e-5, atol=1e-5)
         assert not np.allclose(conditional, unconditional)
 

@@ -18,6 +18,7 @@ from flowgen.train import input as input_lib
 from flowgen.train import loop, visualize
 from flowgen.train.checkpoint import Checkpointer
 from flowgen.train.metrics import Throughput
+from flowgen.train.run import Run
 from flowgen.train.step import chunk_sizes, init_state, make_train_chunk, make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,9 +45,9 @@ def logged(workdir):
 
 
 def final_params(workdir, config):
-    setup = loop.build(config)
+    run = Run.from_config(config)
     with Checkpointer(Path(workdir) / "checkpoints") as ck:
-        step, state, _ = loop._restore(setup, ck)
+        step, state, _ = run.restore(ck)
         steps = ck.all_steps()
     leaves = jax.tree_util.tree_leaves_with_path(jax.device_get((state.params, state.ema, state.opt_state)))
     return step, steps, {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}
@@ -71,7 +72,7 @@ def test_chunk_sizes_end_on_every_boundary_and_start_with_one_step():
 
 def scalar_problem(poison_index):
     """Fit w to data 1.0; the batch of (0-based) step ``poison_index`` is NaN."""
-    def loss_fn(params, batch, key):
+    def loss_fn(params, state, batch, key):
         loss = jnp.mean((params["w"] - batch["x"]) ** 2)
         return loss, {"loss": loss}
 
@@ -106,7 +107,7 @@ def test_one_call_of_k_steps_equals_k_calls_of_one():
 
 
 def test_host_batches_are_read_by_step_index():
-    def loss_fn(params, batch, key):
+    def loss_fn(params, state, batch, key):
         loss = jnp.mean((params["w"] - batch["x"]) ** 2)
         return loss, {"loss": loss, "x0": batch["x"][0]}
 

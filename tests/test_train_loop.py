@@ -34,14 +34,14 @@ def final_params(workdir):
     import jax
     import ml_collections
 
-    from flowgen.train import loop
     from flowgen.train.checkpoint import Checkpointer
 
     config = ml_collections.ConfigDict(json.loads((Path(workdir) / "config.json").read_text()))
     config.mesh.fsdp = 1  # restored onto this process's device(s), whatever the training mesh was (and verified)
-    setup = loop.build(config)
+    from flowgen.train.run import Run
+
     ck = Checkpointer(Path(workdir) / "checkpoints")
-    step, state, _ = loop._restore(setup, ck)
+    step, state, _ = Run.from_config(config).restore(ck)
     ck.close()
     leaves = jax.tree_util.tree_leaves_with_path(jax.device_get(state.params))
     return step, {jax.tree_util.keystr(k): np.asarray(v) for k, v in leaves}

@@ -128,8 +128,10 @@ def test_changing_num_steps_under_a_constant_schedule_resumes(workdir, caplog):
 def test_sample_mode_draws_once_and_never_overwrites(workdir, monkeypatch):
     training_png = (workdir / "samples" / "step_0000010.png").read_bytes()
     calls = []
-    draw = visualize.draw_samples
-    monkeypatch.setattr(visualize, "draw_samples", lambda *a, **k: calls.append(1) or draw(*a, **k))
+    from flowgen.train.run import Run
+
+    draw = Run.draw_samples
+    monkeypatch.setattr(Run, "draw_samples", lambda *a, **k: calls.append(1) or draw(*a, **k))
     out = sample_mode.sample_from_checkpoint(toy_config(), str(workdir))
     assert len(calls) == 1  # drawn once: the PNG and the .npz show the same samples
     with np.load(out["npz"]) as z:

@@ -45,13 +45,12 @@ def workdir(tmp_path_factory):
 
 
 def _restore_state(workdir):
-    from flowgen.train import loop
     from flowgen.train.checkpoint import Checkpointer
-    from flowgen.trained import saved_config
+    from flowgen.train.run import Run
 
-    setup = loop.build(saved_config(str(workdir)))
+    run = Run.from_workdir(workdir)
     with Checkpointer(Path(workdir) / "checkpoints") as ck:
-        return loop._restore(setup, ck)
+        return run.restore(ck)
 
 
 def test_load_model_gives_the_newest_checkpoint_and_writes_nothing(workdir):

@@ -52,7 +52,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowgen.networks.embeddings import EMBEDDINGS, LabelEmbedder, TimestepEmbedder, check_conditioning
+from flowgen.networks.embeddings import (
+    EMBEDDINGS,
+    LabelEmbedder,
+    TimestepEmbedder,
+    check_conditioning,
+    embed_extra_times,
+)
 
 XAVIER = nn.initializers.xavier_uniform()
 ZEROS = nn.initializers.zeros
@@ -202,6 +208,7 @@ class DiT(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    extra_times: tuple[str, ...] = ()   # further time-like inputs (e.g. ("r",)), given as times={name: (batch,)}
 
     def __post_init__(self):
         for name in ("hidden", "depth", "num_heads", "patch_size"):
@@ -241,7 +248,7 @@ class DiT(nn.Module):
         check_conditioning("DiT", b, t, labels, self.num_classes)
 
     @nn.compact
-    def __call__(self, x, t, labels=None, *, train: bool = False):
+    def __call__(self, x, t, labels=None, *, train: bool = False, times=None):
         del train   # no dropout in DiT
         self._check_inputs(x, t, labels)
         b, h, w, ch = x.shape
@@ -254,8 +261,11 @@ class DiT(nn.Module):
         tokens = tokens.reshape(b, (h // p) * (w // p), d)
         tokens = tokens + jnp.asarray(sincos_pos_embed_2d(d, h // p, w // p), self.dtype)[None]
 
-        c = TimestepEmbedder(d, kind=self.time_embedding, freq_dim=FREQ_DIM, time_scale=self.time_scale,
-                             kernel_init=nn.initializers.normal(0.02), name="t_embedder", **kw)(t)
+        embedder = lambda name: TimestepEmbedder(d, kind=self.time_embedding, freq_dim=FREQ_DIM,  # noqa: E731
+                                                 time_scale=self.time_scale,
+                                                 kernel_init=nn.initializers.normal(0.02), name=name, **kw)
+        c = embedder("t_embedder")(t)
+        c = c + embed_extra_times("DiT", self.extra_times, times, b, lambda n: embedder(f"{n}_embedder"))
         if self.num_classes is not None:
             c = c + LabelEmbedder(self.num_classes, d, name="y_embedder", **kw)(labels)
 

@@ -36,6 +36,11 @@ rounded to a multiple of 4 near t = 1 and the high-frequency features would be n
 
 ``TimestepEmbedder`` (as in DiT): feature map → Dense(dim) → SiLU → Dense(dim).
 
+Further time-like inputs (MeanFlow's r, a shortcut model's step size d; declared by the training method) enter
+through ``embed_extra_times``: each gets a ``TimestepEmbedder`` of its own, of the same kind as t's, and is added to
+t's embedding. A network without them (the default) has exactly the parameters and the call ``apply(x, t)`` it
+always had.
+
 ``LabelEmbedder``: a table of ``num_classes + 1`` rows; row ``num_classes`` is the null label of classifier-free
 guidance (DiT's ``LabelEmbedder`` with its CFG row). ``check_conditioning`` validates t and labels for the image
 networks (U-Net, DiT) with the same messages as the MLP.
@@ -251,3 +256,22 @@ def check_conditioning(owner: str, batch: int, t, labels, num_classes: int | Non
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(f"{owner}: labels must be integers in [0, {num_classes}]; got dtype "
                          f"{jnp.result_type(labels)}")
+
+
+def embed_extra_times(owner: str, names: tuple[str, ...], times, batch: int, embedder: Callable):
+    """Σ over ``names`` of ``embedder(name)(times[name])``: the embedding of a network's further time-like inputs,
+    to be added to t's. ``times`` maps each name to a (batch,) array; ``embedder(name)`` builds a TimestepEmbedder
+    named after the input (called inside the network's compact ``__call__``). Returns 0.0 when ``names`` is empty.
+    Raises ValueError naming ``owner`` if the inputs given differ from those declared or have the wrong shape."""
+    given = tuple(sorted(times or {}))
+    if given != tuple(sorted(names)):
+        raise ValueError(f"{owner}: this network takes the time inputs {tuple(names) or 'none'} besides t "
+                         f"(extra_times); got {given or 'none'}")
+    total = 0.0
+    for name in names:
+        value = times[name]
+        if jnp.shape(value) != (batch,):
+            raise ValueError(f"{owner}: time input {name!r} must have shape (batch,) = ({batch},); got "
+                             f"{jnp.shape(value)}")
+        total = total + embedder(name)(value)
+    return total

@@ -39,7 +39,13 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from flowgen.networks.embeddings import EMBEDDINGS, LabelEmbedder, TimestepEmbedder, check_conditioning
+from flowgen.networks.embeddings import (
+    EMBEDDINGS,
+    LabelEmbedder,
+    TimestepEmbedder,
+    check_conditioning,
+    embed_extra_times,
+)
 
 
 def param_count(data_dim: int, hidden: int = 256, depth: int = 3, num_classes: int | None = None) -> int:
@@ -94,6 +100,7 @@ class MLP(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    extra_times: tuple[str, ...] = ()   # further time-like inputs (e.g. ("r",)), given as times={name: (batch,)}
 
     def __post_init__(self):
         if not (_is_int(self.hidden) and self.hidden >= 2):
@@ -123,13 +130,15 @@ class MLP(nn.Module):
         check_conditioning("MLP", jnp.shape(x)[0], t, labels, self.num_classes)
 
     @nn.compact
-    def __call__(self, x, t, labels=None, *, train: bool = False):
+    def __call__(self, x, t, labels=None, *, train: bool = False, times=None):
         del train  # no dropout: the same function in training and sampling (kept for one interface with UNet, DiT)
         self._check_inputs(x, t, labels)
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         dense = lambda features, name: nn.Dense(features, name=name, **dtypes)
-        c = TimestepEmbedder(self.hidden, kind=self.time_embedding, time_scale=self.time_scale, name="time_embed",
-                             **dtypes)(t)
+        embedder = lambda name: TimestepEmbedder(self.hidden, kind=self.time_embedding,  # noqa: E731
+                                                 time_scale=self.time_scale, name=name, **dtypes)
+        c = embedder("time_embed")(t)
+        c = c + embed_extra_times("MLP", self.extra_times, times, x.shape[0], lambda n: embedder(f"{n}_embed"))
         if self.num_classes is not None:
             c = c + LabelEmbedder(self.num_classes, self.hidden, name="label_embed", **dtypes)(labels)
         flat = jnp.reshape(x, (x.shape[0], -1))

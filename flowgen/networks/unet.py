@@ -73,7 +73,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowgen.networks.embeddings import EMBEDDINGS, LabelEmbedder, TimestepEmbedder, check_conditioning
+from flowgen.networks.embeddings import (
+    EMBEDDINGS,
+    LabelEmbedder,
+    TimestepEmbedder,
+    check_conditioning,
+    embed_extra_times,
+)
 
 DEFAULT_INIT = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 ZERO_INIT = nn.initializers.variance_scaling(1e-10, "fan_avg", "uniform")   # DDPM's init_scale=0
@@ -228,6 +234,7 @@ class UNet(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     remat: bool = False
+    extra_times: tuple[str, ...] = ()   # further time-like inputs (e.g. ("r",)), given as times={name: (batch,)}
     skip_rescale: bool = False
     up_attention: str = "per_block"
     attn_init_scale: float = 1.0
@@ -298,7 +305,7 @@ class UNet(nn.Module):
             raise ValueError(f"UNet: train=True with dropout={self.dropout} needs rngs={{'dropout': key}}")
 
     @nn.compact
-    def __call__(self, x, t, labels=None, *, train: bool = False):
+    def __call__(self, x, t, labels=None, *, train: bool = False, times=None):
         self._check_inputs(x, t, labels, train)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         Res = nn.remat(ResBlock) if self.remat else ResBlock
@@ -308,8 +315,11 @@ class UNet(nn.Module):
         attn = lambda name: Attn(self.num_groups, self.skip_rescale, self.attn_init_scale, name=name, **kw)
         ch, levels, attn_res = self.ch, len(self.ch_mult), tuple(self.attn_resolutions)
 
-        emb = TimestepEmbedder(4 * ch, kind=self.time_embedding, freq_dim=ch, kernel_init=DEFAULT_INIT,
-                               time_scale=self.time_scale, endpoint=True, name="time_embed", **kw)(t)
+        embedder = lambda name: TimestepEmbedder(4 * ch, kind=self.time_embedding, freq_dim=ch,  # noqa: E731
+                                                 kernel_init=DEFAULT_INIT, time_scale=self.time_scale, endpoint=True,
+                                                 name=name, **kw)
+        emb = embedder("time_embed")(t)
+        emb = emb + embed_extra_times("UNet", self.extra_times, times, x.shape[0], lambda n: embedder(f"{n}_embed"))
         if self.num_classes is not None:
             emb = emb + LabelEmbedder(self.num_classes, 4 * ch, name="label_embed", **kw)(labels)
 

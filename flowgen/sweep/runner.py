@@ -23,8 +23,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import NamedSharding
 
 import flowgen as fg
 from flowgen.sweep import budget, report, store
@@ -130,7 +129,10 @@ def plan(spec: spec_lib.SweepSpec, models: dict[str, Ready]) -> list[Cell]:
 
 
 def batch_sharding() -> NamedSharding:
-    return NamedSharding(Mesh(np.array(jax.devices()), ("batch",)), P("batch"))
+    """The batch axis split over every device: the training mesh's batch sharding (``flowgen.train.sharding``)."""
+    from flowgen.train import sharding as sharding_lib
+
+    return sharding_lib.batch_sharding(sharding_lib.make_mesh(1))
 
 
 def generate(cell: Cell, spec: spec_lib.SweepSpec, num_steps: int, sharding: NamedSharding):

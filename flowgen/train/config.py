@@ -46,6 +46,12 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.path = ml_collections.ConfigDict({"name": "linear", "kwargs": ml_collections.ConfigDict()})
 
+    # The training method (flowgen.methods.METHODS); flow matching reads its options from c.loss, other methods
+    # add their own in method.kwargs.
+    c.method = ml_collections.ConfigDict({"name": "flow_matching", "kwargs": ml_collections.ConfigDict()})
+    # Where x₀ (t = 0) comes from: "gaussian" (N(0, I)) or a 2-D toy set (flowgen.sources).
+    c.source = ml_collections.ConfigDict({"name": "gaussian", "kwargs": ml_collections.ConfigDict()})
+
     c.loss = ml_collections.ConfigDict()
     c.loss.target = "velocity"
     c.loss.weighting = "uniform"
@@ -127,8 +133,12 @@ def _number(config, key: str, low=None, high=None, integer: bool = False, low_op
         raise ValueError(f"{key}={value!r}: must be {kind} {where}")
 
 
+#: ``data.name`` of a pairs file (``flowgen.data.pairs``; ``data.kwargs.file``), for the coupling "given".
+PAIRS = "pairs"
+
+
 def dataset_names() -> tuple[list[str], list[str]]:
-    """(toy sets, image datasets) that ``data.name`` may be."""
+    """(toy sets, image datasets) that ``data.name`` may be (besides ``"pairs"``)."""
     from flowgen.data import pipeline, toy
 
     return sorted(toy.TOY_DATASETS), sorted(pipeline.IMAGE_DATASETS)
@@ -136,21 +146,55 @@ def dataset_names() -> tuple[list[str], list[str]]:
 
 def check_dataset_name(name) -> None:
     toys, images = dataset_names()
-    if name not in toys and name not in images:
-        hint = difflib.get_close_matches(str(name), toys + images, n=1)
+    if name not in toys and name not in images and name != PAIRS:
+        hint = difflib.get_close_matches(str(name), toys + images + [PAIRS], n=1)
         raise ValueError(f"data.name={name!r} is not a dataset{f' (did you mean {hint[0]!r}?)' if hint else ''}. "
                          f"Toy sets (sampled on the fly): {', '.join(toys)}; image datasets (TFDS): "
-                         f"{', '.join(images)}")
+                         f"{', '.join(images)}; {PAIRS!r} (a file of (x_data, noise) pairs, data.kwargs.file)")
+
+
+def _kwargs(node) -> dict:
+    return node.to_dict() if hasattr(node, "to_dict") else dict(node)
 
 
 def dataset_num_classes(data) -> int:
-    """Number of classes of ``data.name`` (0 if unlabelled), from the tables, without reading any data."""
+    """Number of classes of ``data.name`` (0 if unlabelled), from the tables (a pairs file: its labels)."""
     from flowgen.data import pipeline, toy
 
     if data.name in toy.TOY_DATASETS:
-        kwargs = data.kwargs.to_dict() if hasattr(data.kwargs, "to_dict") else dict(data.kwargs)
+        kwargs = _kwargs(data.kwargs)
         return toy.toy_mixture(data.name, **kwargs).num_components if data.name in toy.MIXTURE_DATASETS else 0
+    if data.name == PAIRS:
+        from flowgen.data.pairs import load_pairs
+
+        arrays = load_pairs(_kwargs(data.kwargs).get("file", ""))
+        return int(arrays["label"].max()) + 1 if "label" in arrays else 0
     return pipeline.dataset_spec(data.name).num_classes or 0
+
+
+def element_shape(data) -> tuple[int, ...]:
+    """Shape of one example of ``data.name``, without opening the data set (a pairs file: its header)."""
+    from flowgen.data import toy
+
+    if data.name in toy.TOY_DATASETS:
+        return (2,)
+    if data.name == PAIRS:
+        from flowgen.data.pairs import pairs_element_shape
+
+        return pairs_element_shape(_kwargs(data.kwargs).get("file", ""))
+    from flowgen.data import pipeline
+
+    return tuple(pipeline.dataset_spec(data.name).image_shape)
+
+
+def upgrade(config) -> ml_collections.ConfigDict:
+    """A config saved by an earlier flowgen (``config.json``) with the sections added since (``method``,
+    ``source``) filled in with the defaults that reproduce what that version did. Returns a new ConfigDict."""
+    d = json.loads(config.to_json()) if hasattr(config, "to_json") else json.loads(json.dumps(config))
+    defaults = json.loads(base_config().to_json())
+    for key in ("method", "source"):
+        d.setdefault(key, defaults[key])
+    return ml_collections.ConfigDict(d)
 
 
 def validate(config) -> None:
@@ -162,6 +206,10 @@ def validate(config) -> None:
     _choice(config.model.precond, ("none", "edm"), "model.precond")
     paths_lib.get(config.path.name, **config.path.kwargs.to_dict())
     paths_lib.check_target(config.loss.target)
+    from flowgen import methods, sources
+
+    _choice(config.method.name, tuple(methods.METHODS), "method.name")
+    sources.get_source(config.source.name, **_kwargs(config.source.kwargs))
     _choice(config.loss.weighting, losses.WEIGHTINGS, "loss.weighting")
     _choice(config.loss.time_sampler, tuple(TIME_SAMPLERS), "loss.time_sampler")
     _choice(config.loss.coupling, tuple(couplings.COUPLINGS), "loss.coupling")
@@ -199,6 +247,13 @@ def validate(config) -> None:
     if config.loss.label_dropout > 0 and not num_classes:
         raise ValueError(f"loss.label_dropout={config.loss.label_dropout} needs a class-conditional model "
                          "(model.num_classes > 0)")
+    if couplings.COUPLINGS[config.loss.coupling].needs_pairs and config.data.name != PAIRS:
+        raise ValueError(f"loss.coupling={config.loss.coupling!r} takes the pairs from the data set: set "
+                         f"data.name={PAIRS!r} with data.kwargs.file (a .npz of x_data and noise); "
+                         f"data.name={config.data.name!r} has no pairs")
+    if config.data.name == PAIRS and config.source.name != "gaussian":
+        raise ValueError(f"source.name={config.source.name!r}: a pairs data set brings its own x₀; leave the source "
+                         "'gaussian'")
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
     _choice(config.sample.ema, valid, "sample.ema")

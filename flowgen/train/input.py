@@ -21,6 +21,7 @@ import threading
 from collections.abc import Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -57,6 +58,39 @@ class ToyInput:
 
     def reference(self, n: int, seed: int = 12345) -> np.ndarray:
         return np.asarray(toy.toy_batch(self.name, seed, 0, n, **self.kwargs))
+
+
+class PairsInput:
+    """A pairs file (``flowgen.data.pairs``) held on the devices: batch ``step`` is B pairs drawn uniformly with
+    replacement by the key ``fold_in(key(seed), step)``, a pure function of the step like the toy sets (no host
+    work per step; exact resume). For pair sets that fit in device memory (they are compiled in as constants)."""
+
+    on_device = True
+
+    def __init__(self, file: str, seed: int, batch_size: int):
+        from flowgen.data.pairs import load_pairs
+
+        arrays = load_pairs(file)
+        self.seed, self.batch_size = seed, batch_size
+        self._x = np.asarray(arrays["x_data"], np.float32)
+        self._noise = np.asarray(arrays["noise"], np.float32)
+        self._label = np.asarray(arrays["label"], np.int32) if "label" in arrays else None
+        self.element_shape = tuple(self._x.shape[1:])
+        self.num_classes = int(self._label.max()) + 1 if self._label is not None else 0
+        self.step = 0
+
+    def device_batch(self, step) -> dict:
+        key = jax.random.fold_in(jax.random.key(self.seed), step)
+        idx = jax.random.randint(key, (self.batch_size,), 0, len(self._x))
+        out = {"x": jnp.asarray(self._x)[idx], "noise": jnp.asarray(self._noise)[idx]}
+        if self._label is not None:
+            out["label"] = jnp.asarray(self._label)[idx]
+        return out
+
+    advance, get_state, set_state = ToyInput.advance, ToyInput.get_state, ToyInput.set_state
+
+    def reference(self, n: int, seed: int = 12345) -> np.ndarray:
+        return self._x[np.random.default_rng(seed).permutation(len(self._x))[:n]]
 
 
 class DevicePrefetcher:
@@ -135,6 +169,8 @@ def make_input(data_cfg, seed: int):
     kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
     if name in toy.TOY_DATASETS:
         return ToyInput(name, seed, data_cfg.batch_size, kwargs)
+    if name == "pairs":
+        return PairsInput(kwargs.get("file", ""), seed, data_cfg.batch_size)
     from flowgen.train.image_input import ImageInput
 
     return ImageInput(data_cfg, seed)

@@ -1,8 +1,8 @@
 """``train_and_evaluate(config, workdir)``: the training loop (flax-examples style), sharded, resumable, observable.
 
-    mesh over all devices → data → network → loss → optax → state initialised with ``jax.eval_shape`` +
-    ``out_shardings`` (or restored from the newest good checkpoint) → jitted, donated train step → metrics,
-    periodic async checkpoints (state, EMA, data-iterator state, config), sample grids and a quick quality metric.
+    Run.from_config (mesh, path, method, network, optimiser, sharded abstract state) → data → state (restored from
+    the newest good checkpoint, or initialised in its shardings) → jitted, donated train call → per call: console
+    and metrics (``Progress``), checkpoints and samples when the ``Cadence`` says, SIGTERM (``Preemption``).
 
 Exactness: step keys are ``fold_in(key, step)`` and the data iterator's state is checkpointed, so a run killed at any
 step and restarted ends with bit-identical parameters (same device count). SIGTERM (preemption) finishes the current
@@ -21,21 +21,17 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-import flowgen as fg
 import flowgen.train.resume as resume
-from flowgen import losses
 from flowgen.train import config as config_lib
 from flowgen.train import input as input_lib
 from flowgen.train import sharding as sharding_lib
 from flowgen.train import visualize
 from flowgen.train.checkpoint import Checkpointer, compile_checksums
 from flowgen.train.metrics import MetricWriter, Throughput
-from flowgen.train.model import build_network, make_apply_fns
-from flowgen.train.optim import ema_decays, make_optimizer
-from flowgen.train.step import chunk_sizes, init_state, jit_train_chunk, make_train_call, make_train_step
+from flowgen.train.run import Run
+from flowgen.train.step import chunk_sizes, jit_train_chunk, make_train_call, make_train_step
 
 log = logging.getLogger("flowgen")
 
@@ -44,7 +40,7 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-class _Preemption:
+class Preemption:
     """Records SIGTERM; the loop checks it after each step."""
 
     def __init__(self):
@@ -67,72 +63,6 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _example_inputs(shape, num_classes, dtype=jnp.float32):
-    x = jnp.zeros((1, *shape), dtype)
-    t = jnp.zeros((1,), dtype)
-    labels = jnp.zeros((1,), jnp.int32) if num_classes else None
-    return x, t, labels
-
-
-@dataclasses.dataclass
-class Setup:
-    """Everything a run builds from its config before touching the workdir (no compilation yet)."""
-
-    mesh: Any
-    data: Any
-    path: Any
-    module: Any
-    num_classes: int | None
-    train_apply: Any
-    sample_apply: Any
-    loss_fn: Any
-    optimizer: Any
-    schedule: Any
-    decays: tuple
-    init_fn: Any
-    keys: tuple
-    abstract: Any
-    state_sharding: Any
-
-
-def build(config) -> Setup:
-    config_lib.validate(config)
-    mesh = sharding_lib.make_mesh(config.mesh.fsdp)
-    sharding_lib.check_batch_size(config.data.batch_size, mesh)
-    data = input_lib.make_input(config.data, config.seed)
-    num_classes = config.model.num_classes or None
-    if num_classes and data.num_classes and num_classes != data.num_classes:
-        raise ValueError(f"model.num_classes={num_classes} but dataset {config.data.name!r} has {data.num_classes}")
-    path = fg.paths.get(config.path.name, **config.path.kwargs.to_dict())
-    module = build_network(config.model, num_classes)
-    train_apply, sample_apply = make_apply_fns(module, path, config.model.precond, config.model.sigma_data)
-    loss_fn = losses.make_loss(
-        train_apply, path, config.loss.target, config.loss.weighting, config.loss.time_sampler,
-        config.loss.coupling, label_dropout=config.loss.label_dropout,
-        null_label=num_classes if config.loss.label_dropout > 0 else None,
-        time_sampler_options=config.loss.time_sampler_options.to_dict(),
-    )
-    if not num_classes:
-        loss_fn = _drop_labels(loss_fn)
-    optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
-    decays = ema_decays(config.ema)
-    keys = tuple(jax.random.split(jax.random.key(config.seed), 3))     # init, train, sample
-    example = _example_inputs(data.element_shape, num_classes)
-    init_fn = lambda key: init_state(module.init(key, *example), optimizer, decays)  # noqa: E731
-    abstract = jax.eval_shape(init_fn, keys[0])
-    return Setup(mesh, data, path, module, num_classes, train_apply, sample_apply, loss_fn, optimizer, schedule,
-                 decays, init_fn, keys, abstract, sharding_lib.state_shardings(abstract, mesh))
-
-
-def _abstract_sharded(setup: Setup):
-    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                        setup.abstract, setup.state_sharding)
-
-
-def _restore(setup: Setup, checkpointer: Checkpointer):
-    return checkpointer.restore(_abstract_sharded(setup))
-
-
 def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     """Train ``config`` in ``workdir`` (resuming if it holds checkpoints). Returns the last logged metrics.
 
@@ -144,7 +74,7 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     try:
         resume.check_workdir(config, workdir, checkpointer)
         done = resume.finished(config, workdir, checkpointer)
-        setup = build(config) if done is None else None
+        run = Run.from_config(config) if done is None else None
     except BaseException:
         checkpointer.close()
         raise
@@ -152,27 +82,8 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
         checkpointer.close()
         return done
     os.makedirs(workdir, exist_ok=True)
-    mesh, data, path, num_classes = setup.mesh, setup.data, setup.path, setup.num_classes
-    init_key, train_key, sample_key = setup.keys
-    batch_sharding = sharding_lib.batch_sharding(mesh)
-    replicated = sharding_lib.replicated(mesh)
-
-    current = config_lib.comparable(config)
-    restored = _restore(setup, checkpointer)
-    if restored is not None:
-        step, state, meta = restored
-        resume.check_restart(workdir, step, restart)
-        data.set_state(meta["data"])
-        log.info("resumed from step %d", step)
-    else:
-        resume.start_fresh(workdir, checkpointer, restart)
-        state = jax.jit(setup.init_fn, out_shardings=setup.state_sharding)(init_key)
-        step = 0
-    _write_config(workdir, config)
-    # The checkpoint checksum's programs compile in the background (while the first step compiles), not at the
-    # first save.
-    compile_checksums(_abstract_sharded(setup))
-
+    data = run.make_input()
+    step, state = _start(run, data, checkpointer, workdir, restart)
     writer = MetricWriter(workdir)
     if step == 0:
         from clu import parameter_overview
@@ -183,55 +94,110 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
 
     tc = config.train
     k = steps_per_call(config, data)
-    stacked_sharding = input_lib.stacked_sharding(batch_sharding)
-    device_batch = None
-    if data.on_device:
-        device_batch = lambda s: jax.lax.with_sharding_constraint(data.device_batch(s), batch_sharding)  # noqa: E731
-    train_chunk = jit_train_chunk(
-        make_train_call(make_train_step(setup.loss_fn, setup.optimizer, setup.schedule, setup.decays), device_batch, k),
-        setup.state_sharding, stacked_sharding, replicated)
-    sizes = chunk_sizes(step, tc.num_steps, (tc.log_every, tc.checkpoint_every, tc.sample_every), k)
-    feed = _OnDeviceFeed(sizes) if data.on_device else input_lib.DevicePrefetcher(data, sizes, k, stacked_sharding)
-    log.info("training steps %d -> %d, up to %d steps per call; the first call compiles", step, tc.num_steps, k)
-
-    run = _Run(config, workdir, writer, checkpointer, step)
+    train_call = compile_train_call(run, data, k)
+    cadence = Cadence(tc.num_steps, tc.log_every, tc.checkpoint_every, tc.sample_every)
+    progress = Progress(config, workdir, writer, checkpointer, step)
+    meta = {"config": config_lib.comparable(config), "step": None, "data": None}
     try:
-        with _Preemption() as preemption, feed:
+        with Preemption() as preemption, open_feed(run, data, step, k, cadence) as feed:
             for n, batches, data_state in feed:
-                state, report = train_chunk(state, batches, train_key, n)     # asynchronous: returns at once
+                state, report = train_call(state, batches, run.keys[1], n)   # asynchronous: returns at once
                 step += n
                 if data.on_device:
                     data.advance(n)
                     data_state = data.get_state()
-                call = _Call(step, n, report, data_state, log=step % tc.log_every == 0 or step == tc.num_steps)
-                run.finish_pending()                 # waits for the previous call while this one runs
-                sample_now = tc.sample_every and (step % tc.sample_every == 0 or step == tc.num_steps)
-                save_now = (tc.checkpoint_every and step % tc.checkpoint_every == 0) or (
-                    step == tc.num_steps) or preemption.requested
-                if not (run.first or sample_now or save_now):
-                    run.pending = call
+                call = Call(step, n, report, data_state, log=cadence.log(step))
+                progress.finish_pending()            # waits for the previous call while this one runs
+                save_now, sample_now = cadence.save(step) or preemption.requested, cadence.sample(step)
+                if not (progress.first or sample_now or save_now):
+                    progress.pending = call
                     continue
-                run.finish(call)                     # the state is needed now: wait for this call too
+                progress.finish(call)                # the state is needed now: wait for this call too
                 if save_now:                         # first: orbax writes in the background while we sample
-                    with run.pause("checkpoint"):
+                    with progress.pause("checkpoint"):
                         log.info("checkpoint step %d: saving to %s", step, checkpointer.directory / str(step))
-                        checkpointer.save(step, state, {"config": current, "data": call.data_state, "step": step})
+                        checkpointer.save(step, state, {**meta, "data": call.data_state, "step": step})
                 if sample_now:
-                    with run.pause("sampling"):
-                        quality = visualize.sample_and_report(
-                            config, workdir, step, state, setup.sample_apply, path, data, num_classes,
-                            jax.random.fold_in(sample_key, step))
+                    with progress.pause("sampling"):
+                        quality = visualize.sample_and_report(run, workdir, step, state, data,
+                                                              jax.random.fold_in(run.keys[2], step))
                         writer.write(step, quality)
-                        run.samples.append(visualize.sample_path(workdir, step))
+                        progress.samples.append(visualize.sample_path(workdir, step))
                 if preemption.requested:
                     break
-            run.finish_pending()
+            progress.finish_pending()
         checkpointer.wait()
-        run.summary(step, preempted=preemption.requested)
+        progress.summary(step, preempted=preemption.requested)
     finally:  # also on an error (sampling, a non-finite loss, Ctrl-C): pending saves land on disk
         checkpointer.close()
         writer.close()
-    return run.last
+    return progress.last
+
+
+def _start(run: Run, data, checkpointer: Checkpointer, workdir: str, restart: bool):
+    """``(step, state)``: restored from the newest good checkpoint (with the data iterator's state), or fresh."""
+    restored = run.restore(checkpointer)
+    if restored is not None:
+        step, state, meta = restored
+        resume.check_restart(workdir, step, restart)
+        data.set_state(meta["data"])
+        log.info("resumed from step %d", step)
+    else:
+        resume.start_fresh(workdir, checkpointer, restart)
+        step, state = 0, run.init_state()
+    _write_config(workdir, run.config)
+    # The checkpoint checksum's programs compile in the background (while the first step compiles), not at the
+    # first save.
+    compile_checksums(run.abstract_state)
+    return step, state
+
+
+def compile_train_call(run: Run, data, steps: int):
+    """The jitted, donated program of ``steps`` fused steps (``flowgen.train.step``) for ``run`` on ``data``."""
+    batch_sharding = sharding_lib.batch_sharding(run.mesh)
+    device_batch = None
+    if data.on_device:
+        device_batch = lambda s: jax.lax.with_sharding_constraint(data.device_batch(s), batch_sharding)  # noqa: E731
+    step_fn = make_train_step(run.loss_fn(), run.optimizer, run.schedule, run.decays)
+    return jit_train_chunk(make_train_call(step_fn, device_batch, steps), run.state_sharding,
+                           input_lib.stacked_sharding(batch_sharding), sharding_lib.replicated(run.mesh))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """When to log, checkpoint and sample (periods of 0 mean never; the last step does all three)."""
+
+    num_steps: int
+    log_every: int
+    checkpoint_every: int
+    sample_every: int
+
+    def _due(self, step: int, every: int) -> bool:
+        return bool(every) and (step % every == 0 or step == self.num_steps)
+
+    def log(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.num_steps
+
+    def save(self, step: int) -> bool:
+        return self._due(step, self.checkpoint_every) or step == self.num_steps
+
+    def sample(self, step: int) -> bool:
+        return self._due(step, self.sample_every)
+
+    def call_sizes(self, start: int, steps_per_call: int):
+        """Call lengths from ``start`` to the end, cut at every log, checkpoint and sample step."""
+        return chunk_sizes(start, self.num_steps, (self.log_every, self.checkpoint_every, self.sample_every),
+                           steps_per_call)
+
+
+def open_feed(run: Run, data, step: int, steps_per_call: int, cadence: Cadence):
+    """Iterates ``(n, batches, data_state)`` per call: host batches prefetched onto the devices, or call lengths
+    only for data made on the device."""
+    sizes = cadence.call_sizes(step, steps_per_call)
+    if data.on_device:
+        return _OnDeviceFeed(sizes)
+    stacked = input_lib.stacked_sharding(sharding_lib.batch_sharding(run.mesh))
+    return input_lib.DevicePrefetcher(data, sizes, steps_per_call, stacked)
 
 
 #: Seconds between console lines when no log step comes sooner (the first line comes after the first call).
@@ -271,7 +237,7 @@ class _OnDeviceFeed:
 
 
 @dataclasses.dataclass
-class _Call:
+class Call:
     """One dispatched call: the step it ends at, its length, its (device) report and the data state after it."""
 
     step: int
@@ -281,13 +247,14 @@ class _Call:
     log: bool
 
 
-class _Run:
-    """Book-keeping of one training run: finishing calls (non-finite check, metrics, console), timing, summary."""
+class Progress:
+    """Console and metrics of one training run: finishing calls (non-finite check, metrics, console), timing,
+    summary."""
 
     def __init__(self, config, workdir, writer, checkpointer, start_step):
         self.config, self.workdir, self.writer, self.checkpointer = config, workdir, writer, checkpointer
         self.start_step = start_step
-        self.pending: _Call | None = None
+        self.pending: Call | None = None
         self.first = True
         self.first_call_steps = 0
         self.last: dict = {}
@@ -301,7 +268,7 @@ class _Run:
             call, self.pending = self.pending, None
             self.finish(call)
 
-    def finish(self, call: _Call) -> None:
+    def finish(self, call: Call) -> None:
         """Wait for ``call``; raise on a non-finite step; time it; log its metrics (those of its last step)."""
         report = jax.device_get(call.report)
         metrics = {k: float(v) for k, v in report["metrics"].items()}
@@ -369,13 +336,6 @@ def _duration(seconds) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else (
         f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
-
-
-def _drop_labels(loss_fn):
-    def unconditional(params, batch, key):
-        return loss_fn(params, {k: v for k, v in batch.items() if k != "label"}, key)
-
-    return unconditional
 
 
 def _write_config(workdir: str, config) -> None:

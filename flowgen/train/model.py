@@ -18,9 +18,11 @@ from flowgen.networks.precond import edm_precondition
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def build_network(model_cfg, num_classes: int | None):
+def build_network(model_cfg, num_classes: int | None, extra_times: tuple[str, ...] = ()):
     kwargs = dict(model_cfg.kwargs.to_dict()) if hasattr(model_cfg.kwargs, "to_dict") else dict(model_cfg.kwargs)
     kwargs["dtype"] = DTYPES[model_cfg.dtype]
+    if extra_times:
+        kwargs["extra_times"] = tuple(extra_times)
     if model_cfg.precond == "edm":
         # EDM feeds c_noise = ¼·ln σ (about −1.6 .. 1.1) as the time input and embeds it unscaled (Karras et al.).
         kwargs.setdefault("time_scale", 1.0)
@@ -32,25 +34,29 @@ def build_network(model_cfg, num_classes: int | None):
 def make_apply_fns(module, path, precond: str = "none", sigma_data: float = 0.5):
     takes_train = "train" in inspect.signature(type(module).__call__).parameters
 
-    def raw(params, x, t, cond, *, train, rng):
+    def raw(params, x, t, cond, *, train, rng, times):
         extra = {"train": train} if takes_train else {}
+        if times:
+            extra["times"] = times
         rngs = {"dropout": rng} if (train and takes_train and rng is not None) else None
         return module.apply(params, x, t, cond, rngs=rngs, **extra)
 
     if precond == "edm":
         # EDM feeds c_noise = ¼·ln σ̃ to the network in place of t.
-        def train_apply(params, x_t, t, cond, rng):
-            net = lambda p, x, c_noise, *c: raw(p, x, c_noise, c[0] if c else None, train=True, rng=rng)  # noqa: E731
+        def train_apply(params, x_t, t, cond, rng, **times):
+            net = lambda p, x, c_noise, *c: raw(p, x, c_noise, c[0] if c else None, train=True, rng=rng,  # noqa: E731
+                                                times=times)
             return edm_precondition(net, path, sigma_data)(params, x_t, t, *(() if cond is None else (cond,)))
 
-        def sample_apply(params, x_t, t, *cond):
-            net = lambda p, x, c_noise, *c: raw(p, x, c_noise, c[0] if c else None, train=False, rng=None)  # noqa: E731
+        def sample_apply(params, x_t, t, *cond, **times):
+            net = lambda p, x, c_noise, *c: raw(p, x, c_noise, c[0] if c else None, train=False,  # noqa: E731
+                                                rng=None, times=times)
             return edm_precondition(net, path, sigma_data)(params, x_t, t, *cond)
     else:
-        def train_apply(params, x_t, t, cond, rng):
-            return raw(params, x_t, t, cond, train=True, rng=rng)
+        def train_apply(params, x_t, t, cond, rng, **times):
+            return raw(params, x_t, t, cond, train=True, rng=rng, times=times)
 
-        def sample_apply(params, x_t, t, *cond):
-            return raw(params, x_t, t, cond[0] if cond else None, train=False, rng=None)
+        def sample_apply(params, x_t, t, *cond, **times):
+            return raw(params, x_t, t, cond[0] if cond else None, train=False, rng=None, times=times)
 
     return train_apply, sample_apply

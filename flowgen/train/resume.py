@@ -56,6 +56,7 @@ def check_workdir(config, workdir: str, checkpointer, training: bool = True) -> 
     if step is None or saved_full is None:
         return
     current_full = json.loads(config.to_json())
+    saved_full = json.loads(config_lib.upgrade(ml_collections.ConfigDict(saved_full)).to_json())
     saved = config_lib.comparable(ml_collections.ConfigDict(saved_full))
     diff = config_lib.config_difference(saved, config_lib.comparable(config))
     if diff:

@@ -20,8 +20,9 @@ import jax
 import numpy as np
 
 from flowgen.train import config as config_lib
-from flowgen.train import loop, resume, visualize
+from flowgen.train import resume, visualize
 from flowgen.train.checkpoint import Checkpointer
+from flowgen.train.run import Run
 
 log = logging.getLogger("flowgen")
 
@@ -59,8 +60,8 @@ def sample_from_checkpoint(config, workdir: str) -> dict:
             raise resume.RunRefusedError(f"no checkpoint in {checkpointer.directory}: train first (--mode=train)")
         resume.check_workdir(config, workdir, checkpointer, training=False)
         _refuse_existing(config, out_dir, latest)
-        setup = loop.build(config)
-        restored = loop._restore(setup, checkpointer)
+        run = Run.from_config(config)
+        restored = run.restore(checkpointer)
     finally:
         checkpointer.close()
     if restored is None:
@@ -68,12 +69,11 @@ def sample_from_checkpoint(config, workdir: str) -> dict:
     step, state, _ = restored
     if step != latest:  # the newest was damaged and quarantined: the names change with the step
         _refuse_existing(config, out_dir, step)
-    key = jax.random.fold_in(setup.keys[2], step)
-    samples, nfe = visualize.draw_samples(config, state, setup.sample_apply, setup.path, setup.data.element_shape,
-                                          setup.num_classes, key, config.sample.num_samples)
+    key = jax.random.fold_in(run.keys[2], step)
+    samples, nfe = run.draw_samples(state, key, config.sample.num_samples)
     stem = sample_stem(config, step, nfe)
-    quality = visualize.sample_and_report(config, workdir, step, state, setup.sample_apply, setup.path, setup.data,
-                                          setup.num_classes, key, drawn=(samples, nfe), png_name=stem + ".png")
+    quality = visualize.sample_and_report(run, workdir, step, state, run.make_input(), key, drawn=(samples, nfe),
+                                          png_name=stem + ".png")
     npz = os.path.join(out_dir, stem + ".npz")
     if jax.process_index() == 0:
         with open(npz, "xb") as f:  # exclusive: never replaces a file

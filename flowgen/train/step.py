@@ -1,6 +1,7 @@
 """The jitted, sharded training program: grads of the loss, optax update, EMA, metrics; several steps per call.
 
     step_fn = make_train_step(loss_fn, optimizer, schedule, decays)     # one step: (state, batch, key) -> ...
+    # loss_fn(params, state, batch, key) -> (loss, aux): a method's loss (``flowgen.methods``), which sees the state
     chunk = jit_train_chunk(make_train_chunk(step_fn, ...), ...)
     state, report = chunk(state, batches, key, num_steps)               # num_steps steps in one call
 
@@ -36,11 +37,14 @@ def init_state(params, optimizer: optax.GradientTransformation, decays) -> Train
 
 def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
                     decays) -> Callable:
-    """One un-jitted step ``(state, batch, key) -> (state, metrics)``; ``make_train_chunk`` loops it."""
+    """One un-jitted step ``(state, batch, key) -> (state, metrics)``; ``make_train_chunk`` loops it.
+
+    ``loss_fn(params, state, batch, key)`` is differentiated in ``params`` only; ``state`` (the step, the EMA
+    copies, ...) reaches it as a constant, so a method can build targets from the EMA or a stop-gradient copy."""
 
     def train_step(state: TrainState, batch, key):
         step_key = jax.random.fold_in(key, state.step)
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, state, batch, step_key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = {

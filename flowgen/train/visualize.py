@@ -10,30 +10,11 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-import flowgen as fg
 from flowgen.evals.sample_metrics import random_directions, sliced_w2
 
 log = logging.getLogger("flowgen")
-
-
-def draw_samples(config, state, sample_apply, path, element_shape, num_classes, key, num: int):
-    which = config.sample.ema
-    if which == "ema":
-        which = max(state.ema, key=lambda name: float(name.split("_", 1)[1]))   # the slowest EMA
-    params = state.params if which == "params" else state.ema[which]
-    kwargs = {}
-    if num_classes:
-        labels = jnp.arange(num) % num_classes
-        kwargs = dict(cond=labels)
-        if config.sample.guidance is not None:     # fg.sample's convention: w = 1 conditional, 0 unconditional
-            kwargs.update(guidance=config.sample.guidance, null_cond=num_classes)
-    x, info = fg.sample(sample_apply, path, target=config.loss.target, solver=config.sample.solver,
-                        num_steps=config.sample.num_steps, grid=config.sample.grid, key=key,
-                        shape=(num, *element_shape), params=params, **kwargs)
-    return np.asarray(jax.device_get(x)), int(info["nfe"])
 
 
 def sample_path(workdir: str, step: int) -> str:
@@ -101,14 +82,14 @@ def _save_grid(filename: str, grid: np.ndarray, row_labels, title: str) -> None:
     plt.close(fig)
 
 
-def sample_and_report(config, workdir, step, state, sample_apply, path, data, num_classes, key, drawn=None,
-                      png_name=None) -> dict:
-    """Draw ``sample.num_samples`` samples (or use ``drawn`` = (samples, nfe)), write ``samples/<png_name>``
-    (default ``sample_path(workdir, step)``) and return the quality metrics.
+def sample_and_report(run, workdir, step, state, data, key, drawn=None, png_name=None) -> dict:
+    """Draw ``sample.num_samples`` samples with ``run.draw_samples`` (or use ``drawn`` = (samples, nfe)), write
+    ``samples/<png_name>`` (default ``sample_path(workdir, step)``) and return the quality metrics.
     Logs one line: step, metric, NFE and the file written."""
+    config, num_classes = run.config, run.num_classes
     num = config.sample.num_samples
     if drawn is None:
-        drawn = draw_samples(config, state, sample_apply, path, data.element_shape, num_classes, key, num)
+        drawn = run.draw_samples(state, key, num)
     samples, nfe = drawn
     reference = data.reference(num)
     filename = os.path.join(workdir, "samples", png_name) if png_name else sample_path(workdir, step)

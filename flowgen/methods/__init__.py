@@ -1,0 +1,27 @@
+"""Training methods: one module each, chosen by ``config.method.name`` from ``METHODS``.
+
+    base.py            the interface (what the network takes, the loss given the train state, how it samples)
+    flow_matching.py   flow matching / diffusion: regression onto a path target (the default)
+    pseudo_huber.py    flow matching with the pseudo-Huber distance (a one-file method; docs/extending.md)
+
+``build(name, path=..., source=..., num_classes=..., **options)`` checks the options and builds the method.
+"""
+
+from flowgen.methods.base import Method, method_options
+from flowgen.methods.flow_matching import FlowMatching
+from flowgen.methods.pseudo_huber import PseudoHuberFlowMatching
+
+#: The methods a config can name (``method.name``).
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FlowMatching, PseudoHuberFlowMatching)}
+
+
+def build(name: str, **kwargs) -> Method:
+    """The method ``name`` with ``kwargs`` (path, source, num_classes and its own options), every option checked."""
+    if name not in METHODS:
+        raise ValueError(f"method.name={name!r} is not one of: {', '.join(METHODS)}")
+    cls = METHODS[name]
+    method_options(cls, {k: v for k, v in kwargs.items() if k not in ("path", "source", "num_classes")}, "config")
+    return cls(**kwargs)
+
+
+__all__ = ["METHODS", "FlowMatching", "Method", "PseudoHuberFlowMatching", "build"]

@@ -1,0 +1,69 @@
+"""The interface every training method implements (one module per method, one entry in ``flowgen.methods.METHODS``).
+
+A method answers three questions, and nothing else in flowgen asks them by name:
+
+1. **What does the network take?** ``extra_times``: the time-like inputs besides x and t (MeanFlow's r, a shortcut
+   model's step size d), passed to the network as ``times={name: (B,)}``; labels when the run is conditional.
+2. **What is the loss?** ``make_loss(apply) -> loss(params, state, batch, key) -> (loss, aux)``, where
+   ``apply(params, x_t, t, cond, rng, **times)`` is the training-mode network, ``params`` the parameters being
+   differentiated and ``state`` the whole train state (``step``, ``params``, ``opt_state``, ``ema``) — not
+   differentiated, so a method may regress onto its EMA, a stop-gradient copy, or a frozen teacher it holds.
+   ``aux`` is a dict of scalars that are logged.
+3. **How does it sample?** ``sample(apply, params, noise, *, key, solver, num_steps, grid, cond, guidance,
+   null_cond) -> (x, info)`` with ``apply(params, x_t, t[, cond])`` the sampling-mode network, and ``info["nfe"]``
+   (model calls per sample) and ``info["forward_passes"]`` *measured*, as ``fg.sample`` counts them.
+   ``prediction`` names what the sampling-mode network predicts (a ``flowgen.paths`` target), so any solver of
+   ``fg.sample`` and the sweep can use a trained model of this method on its ``path``.
+
+Methods are frozen dataclasses built from the run's config before anything compiles; ``__post_init__`` checks
+every option and raises ValueError naming the bad value and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import ClassVar
+
+from flowgen.paths.schedules import Path
+from flowgen.sources import GAUSSIAN, Source
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Method:
+    """Base class; see the module docstring. Subclasses set ``name`` and implement ``make_loss`` (and ``sample`` if
+    the default, ``fg.sample`` on the method's path and prediction, is not how it samples)."""
+
+    name: ClassVar[str] = "method"
+    #: Time-like inputs of the network besides t.
+    extra_times: ClassVar[tuple[str, ...]] = ()
+
+    path: Path
+    source: Source = GAUSSIAN
+    num_classes: int | None = None
+
+    @property
+    def prediction(self) -> str:
+        raise NotImplementedError
+
+    def make_loss(self, apply):
+        raise NotImplementedError
+
+    def sample(self, apply, params, noise, *, key, solver: str, num_steps: int, grid: str = "uniform",
+               cond=None, guidance=None, null_cond=None):
+        """Integrate from ``σ(t₀)·noise`` (noise drawn from the source) with one of ``fg.sample``'s solvers."""
+        import flowgen as fg
+
+        kwargs = {} if cond is None else {"cond": cond}
+        if guidance is not None:
+            kwargs.update(guidance=guidance, null_cond=null_cond)
+        return fg.sample(apply, self.path, target=self.prediction, solver=solver, num_steps=num_steps, grid=grid,
+                         key=key, noise=noise, params=params, **kwargs)
+
+
+def method_options(cls, kwargs: dict, where: str) -> None:
+    """Refuse keyword arguments ``cls`` does not take, naming them and the valid ones (before construction)."""
+    valid = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("path", "source", "num_classes")]
+    unknown = sorted(set(kwargs) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: method {cls.name!r} takes no option(s) {', '.join(unknown)}; its options: "
+                         f"{', '.join(valid) or 'none'}")

@@ -1,0 +1,194 @@
+"""A run is one value: everything a config (or a training workdir) determines, built once, before any compilation.
+
+    run = Run.from_config(config)            # training, ``--mode=describe``, tests
+    run = Run.from_workdir("workdirs/toy")   # the run's saved config.json: load_model, --mode=sample, sweeps
+
+It holds the one device mesh, the path, the source of x₀, the training method (``flowgen.methods``), the Flax
+network and its two apply functions, the optimiser and its schedule, the EMA decays, the run's three keys (init,
+train, sample) and the sharded abstract train state. It knows which parameters sample (``sampling_params``: the
+slowest EMA by default) and how (``draw_samples``: the method's sampler, with measured NFE). Nothing here reads the
+data set or touches the workdir; ``make_input`` opens the data for training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from flowgen import methods as methods_lib
+from flowgen import paths as paths_lib
+from flowgen import sources as sources_lib
+from flowgen.train import config as config_lib
+from flowgen.train import sharding as sharding_lib
+from flowgen.train.model import build_network, make_apply_fns
+from flowgen.train.optim import ema_decays, make_optimizer
+from flowgen.train.state import TrainState, ema_name
+from flowgen.train.step import init_state
+
+#: Which parameters sample: "params", "ema" (the slowest EMA) or an EMA key like "ema_0.999".
+PARAMS_CHOICES = ("params", "ema")
+
+
+def _kwargs(node) -> dict:
+    return node.to_dict() if hasattr(node, "to_dict") else dict(node)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Run:
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    element_shape: tuple[int, ...]
+    num_classes: int | None
+    path: Any
+    source: sources_lib.Source
+    method: methods_lib.Method
+    module: Any
+    train_apply: Any
+    sample_apply: Any
+    optimizer: Any
+    schedule: Any
+    decays: tuple[float, ...]
+    keys: tuple            # (init, train, sample)
+    abstract_state: Any    # TrainState of jax.ShapeDtypeStruct with .sharding set
+
+    # ------------------------------------------------------------------------------------------------ building
+    @classmethod
+    def from_config(cls, config, *, mesh: jax.sharding.Mesh | None = None) -> Run:
+        """Check ``config`` (ValueError naming the key, the value and the choices) and build the run on ``mesh``
+        (default: every device, ``mesh.fsdp`` as configured). No data are read and nothing is compiled."""
+        config_lib.validate(config)
+        mesh = sharding_lib.make_mesh(config.mesh.fsdp) if mesh is None else mesh
+        shape = config_lib.element_shape(config.data)
+        num_classes = config.model.num_classes or None
+        path = paths_lib.get(config.path.name, **_kwargs(config.path.kwargs))
+        source = sources_lib.get_source(config.source.name, **_kwargs(config.source.kwargs))
+        source.check_shape(shape)
+        loss = _kwargs(config.loss)
+        method = methods_lib.build(config.method.name, path=path, source=source, num_classes=num_classes,
+                                   **loss, **_kwargs(config.method.kwargs))
+        module = build_network(config.model, num_classes, method.extra_times)
+        train_apply, sample_apply = make_apply_fns(module, path, config.model.precond, config.model.sigma_data)
+        optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
+        decays = ema_decays(config.ema)
+        keys = tuple(jax.random.split(jax.random.key(config.seed), 3))
+        example = (jnp.zeros((1, *shape), jnp.float32), jnp.zeros((1,), jnp.float32),
+                   jnp.zeros((1,), jnp.int32) if num_classes else None)
+        times = {name: example[1] for name in method.extra_times}
+
+        def init(key):
+            return init_state(module.init(key, *example, **({"times": times} if times else {})), optimizer, decays)
+
+        abstract = jax.eval_shape(init, keys[0])
+        shardings = sharding_lib.state_shardings(abstract, mesh)
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        run = cls(config, mesh, shape, num_classes, path, source, method, module, train_apply, sample_apply,
+                  optimizer, schedule, decays, keys, abstract)
+        object.__setattr__(run, "_init", init)
+        return run
+
+    @classmethod
+    def from_workdir(cls, workdir: str | os.PathLike) -> Run:
+        """The run of a training workdir, from its ``config.json`` (configs of earlier versions are upgraded,
+        ``config.upgrade``). The mesh spans every device, with the run's ``mesh.fsdp`` where it divides the device
+        count (else 1: parameters replicated). FileNotFoundError if the workdir has no config."""
+        from flowgen.trained import saved_config
+
+        config = saved_config(os.fspath(workdir))
+        fsdp = config.mesh.fsdp if jax.device_count() % config.mesh.fsdp == 0 else 1
+        return cls.from_config(config, mesh=sharding_lib.make_mesh(fsdp))
+
+    # ------------------------------------------------------------------------------------------------ state
+    @property
+    def state_sharding(self):
+        return jax.tree.map(lambda a: a.sharding, self.abstract_state)
+
+    def init_state(self) -> TrainState:
+        """The initial train state, created directly in its shardings."""
+        return jax.jit(self._init, out_shardings=self.state_sharding)(self.keys[0])
+
+    def restore(self, checkpointer, step: int | None = None, *, quarantine: bool = True):
+        """``(step, state, metadata)`` of the newest good checkpoint (at or before ``step``), or None; see
+        ``Checkpointer.restore``."""
+        return checkpointer.restore(self.abstract_state, step, quarantine=quarantine)
+
+    def params_choices(self) -> list[str]:
+        return ["params", *(["ema", *(ema_name(d) for d in self.decays)] if self.decays else [])]
+
+    def sampling_params(self, state: TrainState, which: str = "ema") -> tuple[str, Any]:
+        """``(name, params)`` to sample with: "params", "ema" (the EMA of the largest decay, the slowest) or an EMA
+        key. ValueError naming the valid choices otherwise."""
+        if which not in self.params_choices():
+            raise ValueError(f"params={which!r} is not one of: {', '.join(self.params_choices())}")
+        if which == "params":
+            return "params", state.params
+        name = ema_name(max(self.decays)) if which == "ema" else which
+        return name, state.ema[name]
+
+    # ------------------------------------------------------------------------------------------------ training
+    def make_input(self):
+        """The training data (opens the data set: image sets must be prepared, see ``--mode=prepare``)."""
+        from flowgen.train import input as input_lib
+
+        return input_lib.make_input(self.config.data, self.config.seed)
+
+    def loss_fn(self):
+        """``loss(params, state, batch, key) -> (loss, aux)`` of the run's method."""
+        return self.method.make_loss(self.train_apply)
+
+    def abstract_batch(self, batch_size: int | None = None) -> dict:
+        """Shapes of one global training batch (without reading data)."""
+        b = self.config.data.batch_size if batch_size is None else batch_size
+        batch = {"x": jax.ShapeDtypeStruct((b, *self.element_shape), jnp.float32)}
+        if self.num_classes:
+            batch["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+        if self.config.data.name == config_lib.PAIRS:
+            batch["noise"] = batch["x"]
+        return batch
+
+    # ------------------------------------------------------------------------------------------------ sampling
+    def draw_samples(self, state: TrainState, key, num: int, *, params: str | None = None):
+        """``(samples (num, *element_shape) numpy, measured NFE)`` with the config's ``sample`` settings: x₀ from
+        the source, the method's sampler, labels ``i % num_classes`` for a conditional model."""
+        s = self.config.sample
+        _, chosen = self.sampling_params(state, s.ema if params is None else params)
+        k_noise, k_sample = jax.random.split(key)
+        noise = self.source.sample(k_noise, (num, *self.element_shape), jnp.float32)
+        cond = jnp.arange(num) % self.num_classes if self.num_classes else None
+        guidance = s.guidance if self.num_classes else None
+        x, info = self.method.sample(self.sample_apply, chosen, noise, key=k_sample, solver=s.solver,
+                                     num_steps=s.num_steps, grid=s.grid, cond=cond, guidance=guidance,
+                                     null_cond=self.num_classes)
+        return np.asarray(jax.device_get(x)), int(info["nfe"])
+
+    # ------------------------------------------------------------------------------------------------ describe
+    def describe(self) -> str:
+        """The network's parameter overview, the FLOPs of one training step (XLA's cost analysis of the lowered
+        step, nothing compiled) and, last, ``parameters: <N>``."""
+        from clu import parameter_overview
+
+        from flowgen.train.step import make_train_step
+
+        params = self.abstract_state.params
+        overview = parameter_overview.get_parameter_overview(params, include_stats=False)
+        count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+        step = make_train_step(self.loss_fn(), self.optimizer, self.schedule, self.decays)
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype)
+        cost = jax.jit(step).lower(self.abstract_state, self.abstract_batch(), key).cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+        c = self.config
+        lines = [overview,
+                 f"method: {self.method.name} ({self.method.prediction} prediction) on {self.path!r}, source "
+                 f"{self.source.name if self.source.gaussian else c.source.name}",
+                 f"network: {c.model.name} {_kwargs(c.model.kwargs)}, element shape {self.element_shape}, "
+                 f"classes {self.num_classes or 0}",
+                 f"training step: batch {c.data.batch_size}, {flops:.4g} FLOPs (XLA cost analysis, per step)",
+                 f"parameters: {count}"]
+        return "\n".join(lines)
+
