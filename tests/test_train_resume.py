@@ -97,7 +97,7 @@ def test_restart_over_a_good_checkpoint_is_refused(workdir):
 
 def test_finished_run_says_done_at_once(workdir, monkeypatch, caplog):
     before = snapshot(workdir)
-    monkeypatch.setattr(loop, "build", no_build)
+    monkeypatch.setattr(loop.Run, "from_config", no_build)
     with caplog.at_level(logging.INFO, logger="flowgen"):
         last = loop.train_and_evaluate(toy_config(), str(workdir))
     assert any("already done" in r.getMessage() and "step 10" in r.getMessage() for r in caplog.records)
@@ -109,7 +109,7 @@ def test_changing_num_steps_under_a_cosine_schedule_is_refused(tmp_path, monkeyp
     workdir = tmp_path / "w"
     loop.train_and_evaluate(toy_config(schedule="cosine", num_steps=5, sample_every=0), str(workdir))
     before = snapshot(workdir)
-    monkeypatch.setattr(loop, "build", no_build)
+    monkeypatch.setattr(loop.Run, "from_config", no_build)
     with pytest.raises(resume.RunRefusedError) as info:
         loop.train_and_evaluate(toy_config(schedule="cosine", num_steps=10, sample_every=0), str(workdir))
     message = str(info.value)
@@ -145,7 +145,7 @@ def test_sample_mode_draws_once_and_never_overwrites(workdir, monkeypatch):
 
     # Again with the same settings: refused before any work, nothing rewritten.
     before = snapshot(workdir / "samples")
-    monkeypatch.setattr(loop, "build", no_build)
+    monkeypatch.setattr(loop.Run, "from_config", no_build)
     with pytest.raises(sample_mode.SamplesExistError, match=stem):
         sample_mode.sample_from_checkpoint(toy_config(), str(workdir))
     assert snapshot(workdir / "samples") == before and len(calls) == 1
