@@ -9,8 +9,12 @@ Convention (docs/conventions.md): t = 0 is noise, t = 1 is data, ``x_t = α(t)·
                         key=jax.random.key(0), shape=(1000, 2))
 """
 
-from flowgen import analytic, paths, solvers
-from flowgen.sampling import sample
+from flowgen import _platform
+
+_platform.quiet_missing_libtpu()  # before anything initialises JAX's backends; see flowgen/_platform.py
+
+from flowgen import analytic, paths, solvers  # noqa: E402
+from flowgen.sampling import sample  # noqa: E402
 
 
 def load_model(workdir, params: str = "ema", step: int | None = None):

@@ -225,8 +225,8 @@ class _CachedDecode:
     """``_Decode`` that reads and decodes each record once, on first use, and keeps it in memory: epochs after the
     first cost no reading or image decoding. Mapped over ``range(num_records)`` (the record numbers) in place of the
     source, so the pipeline has the same structure, hence the same shuffles, and yields the same batches as without
-    the cache. Measured on a 2-core CPU for 8×8 digits: a batch of 128 costs 46 ms read and decoded, 8 ms from
-    memory — time the training step, on the same cores, gets back."""
+    the cache. Reading and decoding is CPU time taken from the training step on the same cores; from memory a batch
+    of digits measured several times cheaper (benchmarks/README.md, "Measurements behind the loop's design")."""
 
     def __init__(self, source, decode: _Decode):
         self._source, self._decode = source, decode
@@ -292,8 +292,8 @@ def image_dataset(
       dequantize: add uniform noise in [0, 1) to the integer pixels before scaling (see ``to_model_range``).
       num_threads, prefetch_buffer_size: grain ``ReadOptions`` for reading and preprocessing records. Default: no
         reader threads on machines of up to 4 cores (the training loop already reads ahead in a background thread,
-        and grain's threads compete with the step for the cores: 16 threads read 8×8 digits at 21.7 batches of 128/s
-        on an idle 2-core machine, none at 35.3/s), else min(16, cores) threads with a 500-record buffer.
+        and grain's threads compete with the step for the cores: on an idle 2-core machine 16 threads read the digits
+        slower than none, see benchmarks/README.md), else min(16, cores) threads with a 500-record buffer.
       mock: read TFDS's mock data instead of the prepared files (see ``open_source``).
       cache: keep every decoded record in memory after its first use (uint8; the same batches either way). None:
         when the split's decoded images take at most ``DECODED_CACHE_MAX_BYTES`` (1 GiB: CIFAR-10 and MNIST are

@@ -134,11 +134,10 @@ class DPMSolverPP3M(Solver):
 
     c = 1 is the published update (dpm-solver, diffusers, k-diffusion's ``sample_dpmpp_3m_sde`` at η = 0). Since
     −φ₃ ≈ h/6, the exact ∫e^λ·½(λ−λ_i)²x̂'' dλ needs c = 2 (``taylor_exact_d2=True``): third order, where c = 1
-    leaves an O(h³) local term and is formally second order (``order``). Measured on the 8-Gaussian mixture (64
-    samples, rms against the exact ODE solution), the published form is the more accurate at the step counts people
-    use: on EDM's σ grid (80 → 0.002, ρ = 7, then 0) 0.96 vs 1.08 (Taylor) at 8 steps, 0.081 vs 0.131 at 16,
-    0.0056 vs 0.0107 at 32, 0.00066 vs 0.0010 at 64; on VP-linear's logSNR grid the fitted order is 2.05 over
-    64–256 steps (published) and 3.16 over 32–128 (Taylor), which is the more accurate there from about 64 steps.
+    leaves an O(h³) local term and is formally second order (``order``). Yet the published form is the default: on
+    the 8-Gaussian mixture, against the exact ODE solution, it measured the more accurate at the step counts people
+    use (8–64 steps on EDM's σ grid), while the Taylor form, of the higher fitted order, wins on VP-linear's logSNR
+    grid only from about 64 steps (the numbers: benchmarks/README.md, "DPM-Solver++(3M)").
 
     Steps 1 and 2 are of orders 1 and 2 (the 2M update); ``lower_order_final`` (module docstring) lowers the last
     two steps of runs shorter than 10 steps to orders 2 and 1; a step into σ = 0 is first order.

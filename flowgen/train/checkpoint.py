@@ -333,10 +333,10 @@ def _leaf_digest(x) -> jax.Array:
 
 
 # One small compiled program per leaf shape, dtype and sharding: the 4 copies of a network in a train state (params,
-# EMA, Adam's two moments) share them. (One program over all leaves compiled for 20 s on a 2-core CPU for the digits
-# U-Net's 839 leaves, paid at the first save and at every restore; its 26 shapes take 3.5 s, and ``compile_checksums``
-# can do that in the background.) Kept here rather than in jit's cache because ahead-of-time compilation does not
-# fill jit's cache.
+# EMA, Adam's two moments) share them. (One program over all leaves compiled far longer, paid at the first save and
+# at every restore: the digits U-Net's 839 leaves have only 26 shapes, and ``compile_checksums`` compiles those in
+# the background; timings in benchmarks/README.md.) Kept here rather than in jit's cache because ahead-of-time
+# compilation does not fill jit's cache.
 _PROGRAMS: dict[tuple, Any] = {}
 _PROGRAMS_LOCK = threading.Lock()
 
