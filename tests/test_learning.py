@@ -20,6 +20,7 @@ import pytest
 import flowgen as fg
 from flowgen.data import toy
 from flowgen.evals.sample_metrics import wasserstein2
+from flowgen.methods import METHODS
 from flowgen.train.config import base_config
 from flowgen.train.loop import train_and_evaluate
 
@@ -68,7 +69,7 @@ def w2_ratio(samples, data_name="8gaussians"):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["flow_matching", "pseudo_huber"])
+@pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_learns_the_2d_mixture(method, tmp_path):
     config = toy_config(**{"method.name": method})
     train_and_evaluate(config, str(tmp_path))

@@ -208,9 +208,9 @@ def steps_per_call(config, data) -> int:
     """``train.steps_per_call`` for data made on the device (0, automatic, means 32); always 1 for host-fed data.
 
     With toy data a call of 32 steps costs one dispatch and one small read of its report, where one step per call
-    costs both per step: measured on 2 CPU cores, that host work alone took the MLP's loop 10-25 % below its bare
-    step. Host-fed (image) data run one plain step per call: XLA:CPU runs a ``while_loop`` body far slower than the
-    same step on its own when it has convolutions (the digits U-Net 15x), and an image step dwarfs the host work.
+    costs both per step, a large share of a small model's step time. Host-fed (image) data run one plain step per
+    call: XLA:CPU runs a ``while_loop`` body far slower than the same step on its own when it has convolutions, and
+    an image step dwarfs the host work (measurements: benchmarks/README.md).
     """
     k = config.train.steps_per_call
     if k > 1 and not data.on_device:

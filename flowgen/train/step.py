@@ -100,7 +100,7 @@ def make_train_call(train_step: Callable, device_batch: Callable | None = None, 
     with the same signature and report (``num_steps`` must then be 1; host batches are stacked with length 1).
 
     One plain step is the default: XLA:CPU runs a ``while_loop`` body far slower than the same step on its own when
-    the step has convolutions (measured: the digits U-Net 15x slower), and for the MLP fusing gains nothing there.
+    the step has convolutions (see benchmarks/README.md), and for the MLP fusing gains nothing there.
     """
     if steps_per_call > 1:
         return make_train_chunk(train_step, device_batch)
