@@ -36,6 +36,9 @@ class Method:
     name: ClassVar[str] = "method"
     #: Time-like inputs of the network besides t.
     extra_times: ClassVar[tuple[str, ...]] = ()
+    #: Names of the method's own samplers that ``sample.solver`` may name besides ``fg.sample``'s solvers (a
+    #: few-step method's sampler, e.g. "meanflow"); ``sample`` dispatches on them.
+    samplers: ClassVar[tuple[str, ...]] = ()
 
     path: Path
     source: Source = GAUSSIAN

@@ -197,6 +197,13 @@ def upgrade(config) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(d)
 
 
+def _method_samplers(config) -> tuple[str, ...]:
+    from flowgen import methods
+
+    cls = methods.METHODS.get(config.method.name)
+    return cls.samplers if cls is not None else ()
+
+
 def validate(config) -> None:
     """Checks that need no data, no devices and no compilation; raise ValueError naming the key, the bad value and
     the valid values."""
@@ -209,13 +216,13 @@ def validate(config) -> None:
     from flowgen import methods, sources
 
     _choice(config.method.name, tuple(methods.METHODS), "method.name")
-    sources.get_source(config.source.name, **_kwargs(config.source.kwargs))
+    source = sources.get_source(config.source.name, **_kwargs(config.source.kwargs))
     _choice(config.loss.weighting, losses.WEIGHTINGS, "loss.weighting")
     _choice(config.loss.time_sampler, tuple(TIME_SAMPLERS), "loss.time_sampler")
     _choice(config.loss.coupling, tuple(couplings.COUPLINGS), "loss.coupling")
     _choice(config.optim.name, optim.OPTIMIZERS, "optim.name")
     _choice(config.optim.schedule, optim.SCHEDULES, "optim.schedule")
-    _choice(config.sample.solver, tuple(solvers_lib.SOLVERS), "sample.solver")
+    _choice(config.sample.solver, (*solvers_lib.SOLVERS, *_method_samplers(config)), "sample.solver")
     _choice(config.sample.grid, GRIDS, "sample.grid")
     if config.model.precond == "edm" and config.loss.target != "data":
         raise ValueError(f"model.precond='edm' predicts the data: set loss.target='data' (got {config.loss.target!r})")
@@ -254,6 +261,10 @@ def validate(config) -> None:
     if config.data.name == PAIRS and config.source.name != "gaussian":
         raise ValueError(f"source.name={config.source.name!r}: a pairs data set brings its own x₀; leave the source "
                          "'gaussian'")
+    # The method checks its own options (and their combination with the path and the source).
+    methods.build(config.method.name, path=paths_lib.get(config.path.name, **_kwargs(config.path.kwargs)),
+                  source=source, num_classes=num_classes or None, **_kwargs(config.loss),
+                  **_kwargs(config.method.kwargs))
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
     _choice(config.sample.ema, valid, "sample.ema")
