@@ -97,7 +97,7 @@ def get_source(name: str, **kwargs) -> Source:
         return Gaussian()
     if name in toy.TOY_DATASETS:
         return ToySource(name, tuple(sorted(kwargs.items())))
-    raise ValueError(f"source.name={name!r} is not one of: {', '.join(source_names())}")
+    raise ValueError(f"unknown source {name!r}; valid sources: {', '.join(source_names())}")
 
 
 #: The default source, N(0, I).

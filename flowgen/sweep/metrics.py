@@ -11,7 +11,6 @@ Adding a metric is one class and one entry in ``METRICS``; ``check_fits`` is wha
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -31,11 +30,6 @@ class Metric:
     def fits(cls, data_name: str) -> bool:
         raise NotImplementedError
 
-    @classmethod
-    def available(cls) -> str | None:
-        """None if usable in this checkout, else why not."""
-        return None
-
     def __init__(self, data_name: str, num_samples: int):
         self.data_name, self.num_samples = data_name, num_samples
         self.reference, self.floor, self.floor_note = "", None, ""
@@ -46,40 +40,13 @@ class Metric:
 
 
 # ----------------------------------------------------------------------------------------------------- digits
-
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁^½ Σ₂ Σ₁^½)^½ (Dowson & Landau 1982; FID, Heusel et al. 2017).
-
-    The trace term is computed from the eigenvalues of the symmetric PSD matrix Σ₁^½ Σ₂ Σ₁^½, which stays exact
-    when a covariance is singular (the digits' corner pixels never vary), where ``scipy.linalg.sqrtm(Σ₁Σ₂)`` warns.
-    """
-    w, v = np.linalg.eigh(cov1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = root1 @ cov2 @ root1
-    trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)))
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
-
-
-def digits_split(split: str) -> np.ndarray:
-    """The digits of a split as the models see them: (N, 8, 8, 1) float64 in [-1, 1]."""
-    from flowgen.data import digits
-
-    images, _ = digits.digits_images()
-    start, stop = digits.SPLITS[split]
-    return images[start:stop].astype(np.float64) * (2.0 / 255.0) - 1.0
-
-
-def _stats(x: np.ndarray):
-    flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    return flat.mean(0), np.cov(flat, rowvar=False)
-
+# Adapters of flowgen.evals.digits_fid: the statistics, the distance and the floors live there.
 
 class PixelFrechet(Metric):
-    """Fréchet distance between Gaussians fitted to the 64 pixels of samples and of the train digits.
+    """Fréchet distance between Gaussians fitted to the 64 pixels of samples and of the train digits
+    (``flowgen.evals.digits_fid.pixel_fid``: samples clipped to [-1, 1] first); floor: the test split's value.
 
-    A stand-in for digits-FID (no feature network): sensitive to the first two pixel moments only. Samples are
-    clipped to the data range [-1, 1] first, as images are before they are shown or saved (and as digits-FID
-    does)."""
+    A stand-in for digits-FID (no feature network): sensitive to the first two pixel moments only."""
 
     name = "pixel_fd"
     description = "Fréchet distance of 64-D pixel statistics to the train split"
@@ -89,19 +56,18 @@ class PixelFrechet(Metric):
         return data_name == DIGITS
 
     def __init__(self, data_name, num_samples):
+        from flowgen.evals import digits_fid
+
         super().__init__(data_name, num_samples)
-        train = digits_split("train")
-        self._mu, self._cov = _stats(train)
-        test = digits_split("test")
-        self.reference = f"train split ({len(train)} digits): pixel mean and covariance"
-        self.floor = self(test)
-        self.floor_note, self.floor_samples = f"the {len(test)} test digits", len(test)
+        self.reference = f"train split ({len(digits_fid.split_images('train')[0])} digits): pixel mean and covariance"
+        self.floor = float(digits_fid.pixel_floor())
+        self.floor_samples = digits_fid.FLOOR_SAMPLES
+        self.floor_note = f"the {self.floor_samples} test digits"
 
     def __call__(self, samples):
-        samples = np.asarray(samples, np.float64)
-        if not np.all(np.isfinite(samples)):
-            return math.nan
-        return frechet_distance(*_stats(np.clip(samples, -1.0, 1.0)), self._mu, self._cov)
+        from flowgen.evals import digits_fid
+
+        return float(digits_fid.pixel_fid(np.asarray(samples, np.float32)))
 
 
 class DigitsFID(Metric):
@@ -110,31 +76,24 @@ class DigitsFID(Metric):
 
     name = "digits_fid"
     description = "digits-FID (classifier features) to the train split"
-    module = "flowgen.evals.digits_fid"
 
     @classmethod
     def fits(cls, data_name):
         return data_name == DIGITS
 
-    @classmethod
-    def available(cls):
-        if importlib.util.find_spec(cls.module) is None:
-            return f"{cls.module} is not in this checkout"
-        return None
-
     def __init__(self, data_name, num_samples):
+        from flowgen.evals import digits_fid
+
         super().__init__(data_name, num_samples)
-        self._module = importlib.import_module(self.module)
         self.reference = "train split: classifier-feature mean and covariance"
-        self.floor = float(self._module.floor())
-        self.floor_samples = int(getattr(self._module, "FLOOR_SAMPLES", 297))
+        self.floor = float(digits_fid.floor())
+        self.floor_samples = digits_fid.FLOOR_SAMPLES
         self.floor_note = f"the {self.floor_samples} test digits"
 
     def __call__(self, samples):
-        samples = np.asarray(samples, np.float32)
-        if not np.all(np.isfinite(samples)):
-            return math.nan
-        return float(self._module.digits_fid(samples))
+        from flowgen.evals import digits_fid
+
+        return float(digits_fid.digits_fid(np.asarray(samples, np.float32)))
 
 
 # ----------------------------------------------------------------------------------------------------- 2-D
@@ -221,6 +180,3 @@ def check_fits(metric: str, data_name: str, model: str) -> None:
         fitting = [name for name, c in METRICS.items() if c.fits(data_name)]
         raise ValueError(f"metric {metric!r} does not fit the data {data_name!r} of model {model!r}; metrics for "
                          f"{data_name!r}: {', '.join(fitting) or 'none'}")
-    why = cls.available()
-    if why:
-        raise ValueError(f"metric {metric!r} is not available: {why}")
