@@ -76,7 +76,9 @@ class ToySource(Source):
             raise ValueError(f"source.name={self.dataset!r} is not Gaussian: the path must start at the source "
                              f"(α(0) = 0, σ(0) = 1), but {path!r} has α(0) = {a0:.3g}, σ(0) = {s0:.3g}; use path "
                              "'linear' or 'trig', or source 'gaussian'")
-        if target == "score":
+        from flowgen.paths.targets import get_target
+
+        if get_target(target).needs_gaussian_source:
             raise ValueError(f"loss.target='score' is −x₀/σ, a score only for a Gaussian source; with source "
                              f"{self.dataset!r} use 'velocity', 'data' or 'noise'")
 

@@ -64,6 +64,8 @@ class Target:
     needs_alpha: ClassVar[bool] = False
     #: The target itself is infinite where σ(t) = 0.
     infinite_where_sigma_is_zero: ClassVar[bool] = False
+    #: The target means what its name says only when x₀ ~ N(0, I) (the score −x₀/σ).
+    needs_gaussian_source: ClassVar[bool] = False
 
     def to_denoised(self, p, x_t, a, s, da, ds) -> Denoised:
         raise NotImplementedError
@@ -149,6 +151,7 @@ class Score(Target):
     name = "score"
     needs_alpha = True
     infinite_where_sigma_is_zero = True
+    needs_gaussian_source = True
 
     def to_denoised(self, p, x_t, a, s, da, ds):
         return Denoised((x_t + s**2 * p) / a, -s * p)

@@ -21,10 +21,16 @@ DIGITS = "flowgen_digits"
 
 
 class Metric:
-    """Base: ``name``, ``data`` (the dataset names it fits), ``reference`` and ``floor``; ``__call__`` scores."""
+    """Base: ``name``, ``data`` (the dataset names it fits), ``reference`` and ``floor``; ``__call__`` scores.
+
+    ``needs_context``: the metric is called as ``metric(samples, context)`` with the cell's ``CellContext``
+    (``flowgen.sweep.runner``: the noise, the model and the grid's ends), e.g. to solve the same ODE accurately.
+    ``fit_order``: the report fits a convergence order (−slope of log metric against log NFE) per solver."""
 
     name = "metric"
     description = ""
+    needs_context = False
+    fit_order = False
 
     @classmethod
     def fits(cls, data_name: str) -> bool:
@@ -168,7 +174,43 @@ class NLLGap(Metric):
         return float(nll.mean() - self._true_nll) if np.all(np.isfinite(nll)) else math.nan
 
 
-METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (DigitsFID, PixelFrechet, SlicedW2, NLLGap)}
+# ----------------------------------------------------------------------------------------------------- any model
+
+class ODEError(Metric):
+    """The solver's own error: RMS over all coordinates of x − x_ref, where x_ref is the same model's
+    probability-flow ODE solved from the same start σ(t₀)·noise over the same [t₀, t_N] by dopri5 at
+    rtol = atol = ``REFERENCE_TOL`` (``context.reference()``; one solve per model, seed and interval). NaN for
+    stochastic solvers (they solve no ODE). Use ``dtype = "float64"`` in the sweep config to resolve errors below
+    float32's ~1e-6. Floor: none (0 is exact); the report fits convergence orders."""
+
+    name = "ode_error"
+    description = "RMS distance to the same ODE solved by dopri5 at rtol = atol = 1e-10 (float32: 1e-6)"
+    needs_context = True
+    fit_order = True
+
+    @classmethod
+    def fits(cls, data_name):
+        return True
+
+    def __init__(self, data_name, num_samples):
+        super().__init__(data_name, num_samples)
+        self.reference = "the same ODE from the same noise, dopri5"
+        self.floor_note = "none: 0 is exact"
+
+    def __call__(self, samples, context):
+        if context.stochastic:
+            return math.nan
+        reference = context.reference()
+        diff = np.asarray(samples, np.float64) - np.asarray(reference, np.float64)
+        return float(np.sqrt(np.mean(diff**2)))
+
+
+METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (DigitsFID, PixelFrechet, SlicedW2, NLLGap, ODEError)}
+
+
+def score(metric: Metric, samples, context) -> float:
+    """``metric`` on ``samples``, with the cell's context if it needs one."""
+    return metric(samples, context) if metric.needs_context else metric(samples)
 
 
 def check_fits(metric: str, data_name: str, model: str) -> None:
