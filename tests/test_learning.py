@@ -41,12 +41,7 @@ def toy_config(**overrides):
     c.train.checkpoint_every = 1500
     c.train.sample_every = 0
     c.sample.solver, c.sample.num_steps = "heun", 32
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c.update_from_flattened_dict(overrides)
     return c
 
 

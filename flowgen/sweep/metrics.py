@@ -48,58 +48,48 @@ class Metric:
 # ----------------------------------------------------------------------------------------------------- digits
 # Adapters of flowgen.evals.digits_fid: the statistics, the distance and the floors live there.
 
-class PixelFrechet(Metric):
-    """Fréchet distance between Gaussians fitted to the 64 pixels of samples and of the train digits
-    (``flowgen.evals.digits_fid.pixel_fid``: samples clipped to [-1, 1] first); floor: the test split's value.
+class _DigitsDistance(Metric):
+    """A Fréchet distance of ``flowgen.evals.digits_fid`` (its function ``score``, its floor ``floor_of``) to the
+    train split; floor: the test split's own value."""
 
-    A stand-in for digits-FID (no feature network): sensitive to the first two pixel moments only."""
+    score = floor_of = ""
+    space = ""
+
+    @classmethod
+    def fits(cls, data_name):
+        return data_name == DIGITS
+
+    def __init__(self, data_name, num_samples):
+        from flowgen.evals import digits_fid
+
+        super().__init__(data_name, num_samples)
+        self.reference = f"train split ({len(digits_fid.split_images('train')[0])} digits): {self.space} mean and " \
+                         "covariance"
+        self.floor = float(getattr(digits_fid, self.floor_of)())
+        self.floor_samples = digits_fid.FLOOR_SAMPLES
+        self.floor_note = f"the {self.floor_samples} test digits"
+
+    def __call__(self, samples):
+        from flowgen.evals import digits_fid
+
+        return float(getattr(digits_fid, self.score)(np.asarray(samples, np.float32)))
+
+
+class PixelFrechet(_DigitsDistance):
+    """Fréchet distance between Gaussians fitted to the 64 pixels (clipped to [-1, 1]) of samples and of the train
+    digits: a stand-in for digits-FID with no feature network, sensitive to the first two pixel moments only."""
 
     name = "pixel_fd"
     description = "Fréchet distance of 64-D pixel statistics to the train split"
-
-    @classmethod
-    def fits(cls, data_name):
-        return data_name == DIGITS
-
-    def __init__(self, data_name, num_samples):
-        from flowgen.evals import digits_fid
-
-        super().__init__(data_name, num_samples)
-        self.reference = f"train split ({len(digits_fid.split_images('train')[0])} digits): pixel mean and covariance"
-        self.floor = float(digits_fid.pixel_floor())
-        self.floor_samples = digits_fid.FLOOR_SAMPLES
-        self.floor_note = f"the {self.floor_samples} test digits"
-
-    def __call__(self, samples):
-        from flowgen.evals import digits_fid
-
-        return float(digits_fid.pixel_fid(np.asarray(samples, np.float32)))
+    score, floor_of, space = "pixel_fid", "pixel_floor", "pixel"
 
 
-class DigitsFID(Metric):
-    """digits-FID: Fréchet distance in the features of a classifier trained on the digits
-    (``flowgen.evals.digits_fid``), against the train split; floor: the test split's own value."""
+class DigitsFID(_DigitsDistance):
+    """digits-FID: Fréchet distance in the features of a classifier trained on the digits."""
 
     name = "digits_fid"
     description = "digits-FID (classifier features) to the train split"
-
-    @classmethod
-    def fits(cls, data_name):
-        return data_name == DIGITS
-
-    def __init__(self, data_name, num_samples):
-        from flowgen.evals import digits_fid
-
-        super().__init__(data_name, num_samples)
-        self.reference = "train split: classifier-feature mean and covariance"
-        self.floor = float(digits_fid.floor())
-        self.floor_samples = digits_fid.FLOOR_SAMPLES
-        self.floor_note = f"the {self.floor_samples} test digits"
-
-    def __call__(self, samples):
-        from flowgen.evals import digits_fid
-
-        return float(digits_fid.digits_fid(np.asarray(samples, np.float32)))
+    score, floor_of, space = "digits_fid", "floor", "classifier-feature"
 
 
 # ----------------------------------------------------------------------------------------------------- 2-D
