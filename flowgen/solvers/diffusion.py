@@ -17,6 +17,11 @@ released code (``multistep_order``): step i (from 0) of N uses order min(i + 1, 
 last steps are of orders …, 2, 1: DPM-Solver++ does this only when N < 10 (its code; its docstring says 15),
 UniPC at every N. A step into σ = 0, or one whose history holds an infinite step (from α = 0), lowers the order
 further so that no divided difference is infinite.
+
+Default grid of the multistep solvers here and in unipc.py: ``"logsnr_or_uniform"`` (``grids.py``). Uniform in λ,
+the variable they integrate in, where λ is finite at both ends (VP, VE: DPM-Solver's "logSNR" spacing); uniform in t
+where σ reaches 0 (linear, trig), whose last λ-interval is infinite: a λ-spaced grid there has to clip it and puts
+its few finite steps where the sample is already data (2 steps on the linear path: t = 0.0123, 0.998, 1).
 """
 
 from __future__ import annotations
@@ -97,7 +102,7 @@ class DPMSolverPP2M(Solver):
     """
 
     name: ClassVar[str] = "dpmpp_2m"
-    default_grid: ClassVar[str] = "logsnr"
+    default_grid: ClassVar[str] = "logsnr_or_uniform"
     order: ClassVar[int] = 2
     lower_order_final: bool = True
 
@@ -145,7 +150,7 @@ class DPMSolverPP3M(Solver):
     """
 
     name: ClassVar[str] = "dpmpp_3m"
-    default_grid: ClassVar[str] = "logsnr"
+    default_grid: ClassVar[str] = "logsnr_or_uniform"
     lower_order_final: bool = True
     taylor_exact_d2: bool = False
 
