@@ -196,7 +196,7 @@ def sample(
       path: a ``Path`` or a name in ``flowgen.paths.PATHS``.
       target: what the model predicts: one of ``flowgen.paths.TARGETS``.
       solver: a name in ``flowgen.solvers.SOLVERS`` or a Solver instance; ``solver_options`` go to its constructor.
-      grid: a grid kind ("uniform", "logsnr", "edm"; default per solver) used with ``num_steps`` (and optional
+      grid: a grid kind (``flowgen.solvers.grids.GRIDS``; default per solver) used with ``num_steps`` (and optional
         ``t_start``/``t_end``, default the path's [t_min, t_max]; ``rho`` for "edm"), or an increasing array of times.
       noise: standard normal noise of shape (batch, ...); or ``key`` and ``shape`` to draw it. Stochastic solvers
         need ``key`` (split from the noise key when noise is drawn here).

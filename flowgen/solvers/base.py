@@ -74,7 +74,8 @@ class Solver:
     """Base class. Subclasses set ``name``, ``order`` and implement ``step`` (and ``init`` if they keep state).
 
     Class-level knowledge (override where the default is wrong for a solver):
-      default_grid            grid kind used when only ``num_steps`` is given ("uniform", "logsnr", "edm")
+      default_grid            grid kind used when only ``num_steps`` is given (one of ``grids.GRIDS``: "uniform",
+                              "logsnr", "edm", or "logsnr_or_uniform", which is logsnr unless σ(t_end) = 0)
       adaptive                True if the solver chooses its own steps (needs no ``num_steps``, ignores interior
                               grid times, and is swept over tolerances with ``with_tolerance``)
       min_steps               the fewest steps the solver accepts
