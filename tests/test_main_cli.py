@@ -56,6 +56,11 @@ BAD = [
     ([TOY, "--config.loss.coupling=given"], ["loss.coupling='given'", "data.name='pairs'"]),
     ([TOY, "--config.data.name=pairs"], ["data.name='pairs' needs data.kwargs.file"]),
     ([TOY, "--config.method.name=pseudo_huber", "--config.loss.weighting=snr"], ["pseudo_huber", "uniform"]),
+    ([TOY, "--config.model.kwargs.hidden=0"], ["model.kwargs", "hidden must be an integer >= 2; got 0"]),
+    ([TOY, "--config.model.kwargs.depth=-1"], ["model.kwargs", "depth must be an integer >= 1; got -1"]),
+    ([TOY, "--mode=sweep"], ["--mode=sweep takes a sweep config", "experiments/digits_nfe.py"]),
+    (["--mode=sweep"], ["--mode=sweep takes a sweep config"]),
+    ([TOY, "--config.optim.zzzzz=1"], ["unknown key 'optim.zzzzz'. Keys of optim: b1"]),
 ]
 
 

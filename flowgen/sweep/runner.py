@@ -260,11 +260,11 @@ def run(config, workdir: str, progress: bool = True) -> dict:
 
     spec = spec_lib.parse(config)                 # every check before anything is trained, sampled or written
     workdir = os.path.abspath(workdir)
+    _listen_to_compiles()
+    models = {m.name: prepare(m, workdir) for m in spec.models}     # trains or loads: fails before cells/ exists
     cells_dir = os.path.join(workdir, "cells")
     os.makedirs(cells_dir, exist_ok=True)
     store.remove_stray_temporaries(cells_dir)
-    _listen_to_compiles()
-    models = {m.name: prepare(m, workdir) for m in spec.models}
     metrics = {(name, m.data_name): METRICS[name](m.data_name, spec.num_samples)
                for m in spec.models for name in spec.metrics}
     cells = plan(spec, models)

@@ -159,6 +159,12 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
             source = os.path.abspath(entry["workdir"])
             if not os.path.isdir(source):
                 raise ValueError(f"model {name!r}: workdir {source!r} does not exist")
+            if not os.path.exists(os.path.join(source, "config.json")):
+                raise ValueError(f"model {name!r}: {source!r} is not a flowgen training workdir (no config.json)")
+            ckpt = os.path.join(source, "checkpoints")
+            if not os.path.isdir(ckpt) or not any(d.isdigit() for d in os.listdir(ckpt)):
+                raise ValueError(f"model {name!r}: workdir {source!r} has no checkpoint yet; train it first "
+                                 f"(python -m flowgen.main --config=... --workdir={source})")
         cfg = config_lib.upgrade(source) if kind == "train" else config_lib.saved_config(source)
         data = cfg.data.name
         shape = config_lib.element_shape(cfg.data)
@@ -192,6 +198,10 @@ def _ints(values, key: str, minimum: int) -> tuple[int, ...]:
 def parse(config) -> SweepSpec:
     """Read and check a sweep config (ConfigDict or dict); nothing is trained, sampled or written."""
     c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    if {"data", "model", "optim"} <= set(c):
+        raise ValueError("--mode=sweep takes a sweep config (e.g. --config=experiments/digits_nfe.py: models, "
+                         "solvers, nfe, metrics), but this is a training config; train it with --mode=train, or "
+                         "name it in a sweep config's models as {'train': 'configs/NAME.py'}")
     unknown = sorted(set(c) - set(KEYS))
     if unknown:
         raise ValueError(f"unknown sweep config keys {unknown}; valid keys: {', '.join(KEYS)}")

@@ -219,6 +219,18 @@ def build_method(config):
                          **_kwargs(config.method.kwargs))
 
 
+def check_network(config) -> None:
+    """Build (not initialise) the network: its own checks name a bad ``model.kwargs`` value before anything runs."""
+    from flowgen.train.model import build_network
+
+    try:
+        build_network(config.model, config.model.num_classes or None)
+    except TypeError as e:   # an option the network does not take
+        raise ValueError(f"model.kwargs for model.name={config.model.name!r}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"model.kwargs: {e}") from e
+
+
 def _method_samplers(config) -> tuple[str, ...]:
     from flowgen import methods
 
@@ -288,6 +300,7 @@ def validate(config) -> None:
         raise ValueError(f"source.name={config.source.name!r}: a pairs data set brings its own x₀; leave the source "
                          "'gaussian'")
     build_method(config)    # the method checks its own options (and their combination with the path and source)
+    check_network(config)
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
     _choice(config.sample.ema, valid, "sample.ema")
