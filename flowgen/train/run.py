@@ -97,6 +97,12 @@ class Run:
         fsdp = config.mesh.fsdp if jax.device_count() % config.mesh.fsdp == 0 else 1
         return cls.from_config(config, mesh=sharding_lib.make_mesh(fsdp))
 
+    def __repr__(self) -> str:
+        count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(self.abstract_state.params))
+        return (f"Run(method={self.method.name!r}, path={self.path!r}, source={self.source.name!r}, "
+                f"network={self.config.model.name!r} with {count} parameters, data={self.config.data.name!r} "
+                f"{self.element_shape}, mesh={dict(self.mesh.shape)})")
+
     # ------------------------------------------------------------------------------------------------ state
     @property
     def state_sharding(self):
