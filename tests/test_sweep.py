@@ -222,23 +222,6 @@ def test_a_model_sampled_under_another_path_uses_the_matching_interval(tmp_path)
     assert row["metrics"]["sliced_w2"] < 1.5
 
 
-def test_frechet_distance_matches_the_closed_form_and_scipy():
-    from scipy import linalg
-
-    from flowgen.sweep.metrics import frechet_distance
-
-    # Diagonal Gaussians: Σ (μ₁ − μ₂)² + Σ (s₁ − s₂)²; a singular covariance (zero variance) included.
-    mu1, mu2, s1, s2 = np.array([0.0, 1.0, 2.0]), np.array([0.5, 1.0, -1.0]), np.array([1.0, 2.0, 0.0]), \
-        np.array([3.0, 1.0, 0.5])
-    assert frechet_distance(mu1, np.diag(s1**2), mu2, np.diag(s2**2)) == pytest.approx(
-        np.sum((mu1 - mu2) ** 2) + np.sum((s1 - s2) ** 2))
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(50, 4)), rng.normal(size=(50, 4)) @ rng.normal(size=(4, 4))
-    c1, c2 = np.cov(a.T), np.cov(b.T)
-    expected = np.sum((a.mean(0) - b.mean(0)) ** 2) + np.trace(c1 + c2 - 2 * np.real(linalg.sqrtm(c1 @ c2)))
-    assert frechet_distance(a.mean(0), c1, b.mean(0), c2) == pytest.approx(expected, rel=1e-9)
-
-
 @pytest.mark.slow
 def test_guidance_on_a_conditional_trained_model_counts_two_forward_passes_per_call(tmp_path):
     from tests.test_trained import _train

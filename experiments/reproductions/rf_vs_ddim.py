@@ -32,7 +32,6 @@ if __package__ in (None, ""):
 
 from experiments.digits_nfe import digits_model  # noqa: E402
 from flowgen.sweep import runner  # noqa: E402
-from flowgen.sweep.metrics import DigitsFID  # noqa: E402
 
 NFE = (1, 2, 4, 8, 10, 16, 32, 64)
 REFERENCE_NFE = 10
@@ -53,7 +52,7 @@ def get_config(models_from: str | None = None) -> ml_collections.ConfigDict:
     c.nfe = NFE
     c.guidance = (None,)
     c.seeds = SEEDS
-    c.metrics = ("digits_fid", "pixel_fd") if DigitsFID.available() is None else ("pixel_fd",)
+    c.metrics = ("digits_fid", "pixel_fd")
     c.num_samples = 1000
     c.grid = ""
     c.skip_unreachable = False
