@@ -1,4 +1,4 @@
-"""Ablation grids and launchers: the 4-point toy ablation (experiments/toy2d_ablation.py, shrunk further here) run
+"""Ablation grids and launchers: the 4-point toy ablation (experiments/toy2d_ablation.py:quick) run
 through ``local``, ``processes`` and ``submitit`` (its local executor) gives one table; a kill -9 mid-sweep resumes to
 the same table; a failed point is named with its log while the others finish; locks of dead holders are taken over.
 
@@ -22,31 +22,17 @@ from flowgen.sweep import launch, lock, runner, spec
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = f'''
-import sys
-sys.path.insert(0, {str(REPO)!r})
-from experiments.toy2d_ablation import get_config as ablation
-
-
-def get_config():
-    c = ablation()                      # 2 paths x 2 targets, 200 steps each; smaller network, one solver and NFE
-    c.ablation.overrides.train.sample_every = 0
-    c.ablation.overrides.model.kwargs = {{"hidden": 32, "depth": 1}}
-    c.solvers = ("euler",)
-    c.nfe = (4,)
-    c.num_samples = 256
-    return c
-'''
+CONFIG = "experiments/toy2d_ablation.py:quick"     # 2 paths x 2 targets, 200 steps each, euler at NFE 4
 TIMING = ("sampling_seconds", "compile_seconds")
 
 
-def load_tiny(path):
+def load_quick():
     import importlib.util
 
-    s = importlib.util.spec_from_file_location("tiny_ablation", path)
+    s = importlib.util.spec_from_file_location("toy2d_ablation", REPO / "experiments" / "toy2d_ablation.py")
     module = importlib.util.module_from_spec(s)
     s.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config("quick")
 
 
 def table(workdir):
@@ -56,10 +42,9 @@ def table(workdir):
 
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
-    """The tiny ablation run once with the default (local) launcher: its config file, environment and table."""
+    """The quick ablation run once with the default (local) launcher: its config file, environment and table."""
     base = tmp_path_factory.mktemp("ablation")
-    config = base / "tiny.py"
-    config.write_text(TINY)
+    config = CONFIG
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu", MPLBACKEND="Agg",
                JAX_COMPILATION_CACHE_DIR=str(base / "jax_cache"), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
@@ -132,7 +117,7 @@ def test_submitit_local_executor_runs_each_point_as_a_job(ablation):
                              "--config.launcher.timeout_min=20")
     assert done.returncode == 0, done.stderr[-3000:]
     assert table(workdir) == ablation["table"]
-    jobs = [p for p in (workdir / "logs" / "submitit").iterdir() if p.is_dir()]
+    jobs = [p for p in (workdir / "logs" / "submitit").iterdir() if p.name.isdigit()]
     assert len(jobs) == 4                          # one job (a separate process) per point
     outs = [next(j.glob("*_log.out")).read_text() for j in jobs]
     assert all("training model" in o for o in outs)
@@ -152,7 +137,8 @@ def test_a_failed_point_is_reported_with_its_log_and_the_others_finish(ablation,
         raise RuntimeError("simulated failure of this point")
 
     monkeypatch.setattr(loop, "train_and_evaluate", fail)
-    result = runner.run(load_tiny(ablation["config"]), str(workdir), progress=False)
+    monkeypatch.chdir(REPO)
+    result = runner.run(load_quick(), str(workdir), progress=False)
     log_file = str(workdir / "logs" / f"point-{broken}.log")
     assert [(f.task.model, f.log) for f in result["failed"]] == [(broken, log_file)]
     assert "simulated failure of this point" in Path(result["failed"][0].log).read_text()
@@ -235,3 +221,32 @@ def test_a_lock_is_exclusive_and_a_dead_local_holder_is_taken_over(tmp_path):
     (tmp_path / lock.NAME).write_text("1 other-host\n")                    # another host: cannot be checked
     with pytest.raises(lock.LockedError, match="pid 1 on host other-host"):
         lock.acquire(str(tmp_path))
+
+
+def test_the_slurm_command_of_the_docs_renders(tmp_path, monkeypatch):
+    """No SLURM here: the launcher options of docs/scaling.md's SLURM command are parsed as the command line would
+    give them, and submitit renders the sbatch script of its job array, which must carry them (a stand-in ``srun``
+    on PATH lets submitit build its SLURM executor; nothing is submitted)."""
+    import re
+
+    pytest.importorskip("submitit")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "srun").write_text("#!/bin/sh\necho 'slurm 23.02.0'\n")
+    (tmp_path / "bin" / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    page = (REPO / "docs" / "scaling.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", page, re.S) if "cluster=slurm" in b)
+    options = {}
+    for key, value in re.findall(r"--config\.launcher\.(\w+)=(\S+)", block):
+        options[key] = int(value) if value.isdigit() else value.replace("$ACCOUNT", "my_account")
+    launcher = launch.get(options)
+    assert isinstance(launcher, launch.Submitit)
+    executor = launcher.executor(str(tmp_path))
+    assert executor.cluster == "slurm"
+    slurm = executor._executor                      # submitit 1.5.4's SlurmExecutor (pinned in pyproject)
+    slurm.parameters["map_count"] = 4               # what map_array sets for an array of 4 points
+    text = slurm._make_submission_file_text("python -u -m submitit.core._submit " + str(tmp_path), "uid")
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=my_account", "#SBATCH --gpus-per-node=1",
+                 "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --time=240",
+                 "#SBATCH --array=0-3%4"):
+        assert line in text, text

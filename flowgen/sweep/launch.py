@@ -175,15 +175,22 @@ class Submitit:
             params["slurm_array_parallelism"] = o["max_parallel"]
         return params
 
-    def run(self, tasks: list[Task]) -> list[Failure]:
+    def folder(self, workdir: str) -> str:
+        return self.options["folder"] or os.path.join(workdir, "logs", "submitit")
+
+    def executor(self, folder: str):
+        """submitit's executor for this launcher's cluster and options (jobs' logs in ``folder/JOBID``)."""
         import submitit
 
-        if not tasks:
-            return []
-        workdir = tasks[0].workdir
-        folder = self.options["folder"] or os.path.join(workdir, "logs", "submitit")
         executor = submitit.AutoExecutor(folder=os.path.join(folder, "%j"), cluster=self.options["cluster"])
         executor.update_parameters(**self.parameters())
+        return executor
+
+    def run(self, tasks: list[Task]) -> list[Failure]:
+        if not tasks:
+            return []
+        folder = self.folder(tasks[0].workdir)
+        executor = self.executor(folder)
         jobs = executor.map_array(SubmititTask(), tasks)
         log.info("submitted %d %s job(s) (array %s) to %s; logs in %s", len(jobs), tasks[0].stage,
                  jobs[0].job_id.split("_")[0], executor.cluster, folder)
@@ -202,7 +209,13 @@ class SubmititTask:
     requeued as is (training resumes from its last checkpoint, cells already written are kept)."""
 
     def __call__(self, task: Task) -> None:
+        import submitit
+
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
+        if submitit.JobEnvironment().num_tasks > 1:     # tasks_per_node × nodes > 1: one multi-process JAX run
+            import jax
+
+            jax.distributed.initialize()                 # coordinator and process index from SLURM's environment
         execute(task)
 
     def checkpoint(self, task: Task):

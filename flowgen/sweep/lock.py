@@ -5,6 +5,9 @@ this host whose pid is gone (killed, SIGKILL included) left a stale lock, which 
 and read back, so of two processes taking it over at once only one wins); a live holder, or one on another host
 (whose pid cannot be checked from here), is refused with a ``LockedError`` naming the file, pid and host — delete
 the file by hand once that process is known to be gone.
+
+In a multi-process JAX job (a TPU pod slice running the sweep on every worker with ``--distributed``) the processes
+write one run together: only process 0 takes the lock.
 """
 
 from __future__ import annotations
@@ -78,7 +81,12 @@ def release(directory: str) -> None:
 @contextlib.contextmanager
 def held(directory: str):
     """``with held(workdir):`` — the lock for the block; released on exit (a killed process leaves it stale)."""
+    import jax
+
     path = os.path.join(directory, NAME)
+    if jax.process_index() != 0:                # one multi-process job is one writer: process 0 holds the lock
+        yield path
+        return
     outer = _holder(path) == (os.getpid(), socket.gethostname())     # already ours (re-entered): the outer releases
     acquire(directory)
     try:
