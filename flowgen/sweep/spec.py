@@ -48,8 +48,8 @@ import flowgen as fg
 from flowgen.sweep import budget
 from flowgen.sweep.metrics import check_fits
 
-KEYS = ("models", "ablation", "launcher", "solvers", "nfe", "guidance", "seeds", "metrics", "num_samples", "grid",
-        "skip_unreachable", "title", "dtype")
+KEYS = ("models", "solvers", "nfe", "guidance", "seeds", "metrics", "num_samples", "grid", "skip_unreachable",
+        "title", "dtype", "ablation", "launcher")
 ABLATION_KEYS = ("base", "overrides", "product", "zip", "options")
 DTYPES = ("float32", "float64")
 MODEL_KINDS = ("workdir", "train", "analytic")
