@@ -91,6 +91,7 @@ def _run(values) -> int:
     import jax
 
     from flowgen.data.pipeline import DatasetNotPreparedError
+    from flowgen.sweep.lock import LockedError
     from flowgen.train import config as config_lib
     from flowgen.train.loop import Preempted
     from flowgen.train.resume import RunRefusedError
@@ -151,7 +152,7 @@ def _run(values) -> int:
             from flowgen.train.sample_mode import sample_from_checkpoint
 
             sample_from_checkpoint(config, values.workdir)
-    except (RunRefusedError, DatasetNotPreparedError) as e:  # refusals that changed nothing: no traceback
+    except (RunRefusedError, DatasetNotPreparedError, LockedError) as e:  # refusals that changed nothing
         return _error(str(e))
     except Preempted as e:  # SIGTERM: saved, not finished
         print(f"preempted: {e}", file=sys.stderr)

@@ -250,3 +250,13 @@ def test_the_slurm_command_of_the_docs_renders(tmp_path, monkeypatch):
                  "#SBATCH --ntasks-per-node=1", "#SBATCH --cpus-per-task=8", "#SBATCH --time=240",
                  "#SBATCH --array=0-3%4"):
         assert line in text, text
+
+
+def test_a_second_sweep_on_a_held_workdir_is_one_error_line(tmp_path, capsys, monkeypatch):
+    from flowgen.main import EXIT_USAGE, cli
+
+    monkeypatch.chdir(REPO)
+    (tmp_path / lock.NAME).write_text(f"{os.getppid()} {socket.gethostname()}\n")     # a live sweep holds it
+    status = cli(["flowgen", "--mode=sweep", f"--config={CONFIG}", f"--workdir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert status == EXIT_USAGE and err.startswith("error: ") and f"pid {os.getppid()} on this host" in err, err
