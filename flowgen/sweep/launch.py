@@ -129,7 +129,7 @@ class Processes:
                 with open(task.log, "ab") as out:
                     running[task] = subprocess.Popen(
                         [sys.executable, "-m", "flowgen.sweep.launch", json.dumps(dataclasses.asdict(task))],
-                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=_same_flowgen())
                 log.info("started %s (pid %d), log %s", task.label, running[task].pid, task.log)
             time.sleep(0.2)
             for task, proc in list(running.items()):
@@ -255,6 +255,14 @@ def get(options: dict):
         valid = ", ".join(cls.OPTIONS) or "none"
         raise ValueError(f"launcher options {unknown} do not apply to launcher.name={name!r}; its options: {valid}")
     return cls(**options)
+
+
+def _same_flowgen() -> dict:
+    """This environment, with this process's flowgen first on PYTHONPATH (a subprocess runs the same code)."""
+    import flowgen
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(flowgen.__file__)))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
 
 
 def _last_error(path: str) -> str:
