@@ -11,6 +11,8 @@ fitted convergence orders see ``experiments/analytic_sweep.py`` (the same models
 
 import ml_collections
 
+from flowgen.sweep import launch
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -26,5 +28,6 @@ def get_config():
     c.metrics = ("sliced_w2", "nll_gap")
     c.num_samples = 2000
     c.grid = ""
+    c.launcher = launch.defaults()          # local; e.g. --config.launcher.name=processes
     c.skip_unreachable = True
     return c

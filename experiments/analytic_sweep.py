@@ -19,6 +19,8 @@ cores (compilation dominates: one per solver and step count); ``:quick`` is the 
 
 import ml_collections
 
+from flowgen.sweep import launch
+
 SOLVERS = ("euler", "midpoint", "heun", "rk4", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ddim:eta=1.0",
            "euler_maruyama", "edm_stochastic:s_churn=10.0")
 
@@ -35,6 +37,7 @@ def get_config(variant: str = ""):
     c.metrics = ("ode_error", "sliced_w2", "nll_gap")
     c.num_samples = 2000
     c.grid = ""
+    c.launcher = launch.defaults()          # local; e.g. --config.launcher.name=processes
     c.skip_unreachable = True
     c.dtype = "float64"
     if variant == "quick":

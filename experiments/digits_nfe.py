@@ -14,6 +14,7 @@ A cell below a solver's minimum NFE (Heun's two calls cannot fit NFE 1) is repor
 
 import ml_collections
 
+from flowgen.sweep import launch
 from flowgen.train.config import base_config
 
 NFE = (1, 2, 4, 8, 16, 32, 64)
@@ -55,5 +56,6 @@ def get_config():
     c.metrics = ("digits_fid", "pixel_fd")
     c.num_samples = 1000
     c.grid = ""
+    c.launcher = launch.defaults()          # local; e.g. --config.launcher.name=processes
     c.skip_unreachable = True
     return c

@@ -11,7 +11,10 @@
 Configs are ml_collections config files (``get_config(variant)``); any key can be overridden on the command line.
 Every mistake in the flags or the config (unknown key, wrong type, bad value, missing file) and every refusal to
 touch a workdir is one ``error: ...`` message naming the flag, the value and the choices, exit status 2, before
-anything is compiled; errors while training are not caught (they keep their traceback).
+anything is compiled; errors while training are not caught (they keep their traceback). A training run stopped by
+SIGTERM saves its checkpoint and exits with status 143 (``EXIT_PREEMPTED``), never 0, so a scheduler's ``afterok``
+does not fire on an unfinished model; the same command resumes it. A sweep whose points failed writes the table of
+the others, names each failed point with its log file and exits with status 1.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ _REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__f
 MODES = ("train", "sample", "sweep", "prepare", "describe")
 NO_WORKDIR = ("prepare", "describe")
 EXIT_USAGE = 2
+EXIT_FAILED_POINTS = 1
+#: A training run stopped by SIGTERM after saving its checkpoint (128 + SIGTERM, as a shell reports a SIGTERM'd
+#: process): not 0, so a scheduler's ``afterok`` dependency never fires on an unfinished model.
+EXIT_PREEMPTED = 143
 
 
 class CommandLineError(ValueError):
@@ -84,7 +91,9 @@ def _run(values) -> int:
     import jax
 
     from flowgen.data.pipeline import DatasetNotPreparedError
+    from flowgen.sweep.lock import LockedError
     from flowgen.train import config as config_lib
+    from flowgen.train.loop import Preempted
     from flowgen.train.resume import RunRefusedError
 
     if values.coordinator and values.distributed:
@@ -126,7 +135,13 @@ def _run(values) -> int:
         elif mode == "sweep":
             from flowgen.sweep.runner import run as run_sweep
 
-            print(run_sweep(config, values.workdir)["markdown"])
+            result = run_sweep(config, values.workdir)
+            print(result["markdown"])
+            if result["failed"]:
+                for f in result["failed"]:
+                    print(f"error: {f.task.stage} of {f.task.model!r} failed ({f.message}); log: {f.log}",
+                          file=sys.stderr)
+                return EXIT_FAILED_POINTS
         elif mode == "describe":
             print(description)
         elif mode == "train":
@@ -137,8 +152,11 @@ def _run(values) -> int:
             from flowgen.train.sample_mode import sample_from_checkpoint
 
             sample_from_checkpoint(config, values.workdir)
-    except (RunRefusedError, DatasetNotPreparedError) as e:  # refusals that changed nothing: no traceback
+    except (RunRefusedError, DatasetNotPreparedError, LockedError) as e:  # refusals that changed nothing
         return _error(str(e))
+    except Preempted as e:  # SIGTERM: saved, not finished
+        print(f"preempted: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 

@@ -92,7 +92,11 @@ def test_kill_and_resume_is_bit_exact(tmp_path):
     assert [r["step"] for r in logged] == list(range(5, 61, 5))
 
 
-def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
+def test_sigterm_saves_and_exits_with_143_then_resumes(tmp_path):
+    """SIGTERM: the checkpoint is saved and the command exits with EXIT_PREEMPTED (143), never 0 (a scheduler's
+    afterok must not fire on an unfinished model); the same workdir then resumes from that checkpoint."""
+    from flowgen.main import EXIT_PREEMPTED
+
     args = ["--config.train.num_steps=100000", "--config.train.checkpoint_every=100000"]
     proc = run_main(tmp_path / "w", *args, wait=False)
     metrics = tmp_path / "w" / "metrics.jsonl"
@@ -101,9 +105,15 @@ def test_sigterm_saves_and_exits_cleanly_then_resumes(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)          # stderr is merged into stdout for Popen runs
-    assert proc.returncode == 0, out
+    assert proc.returncode == EXIT_PREEMPTED == 143, out
+    assert "preempted: stopped by SIGTERM at step" in out, out[-2000:]
     steps = [int(p.name) for p in (tmp_path / "w" / "checkpoints").glob("*") if p.name.isdigit()]
     assert len(steps) == 1 and 10 <= steps[0] < 100000, out
+    resumed = run_main(tmp_path / "w", f"--config.train.num_steps={steps[0] + 10}",
+                       "--config.train.checkpoint_every=100000")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from step {steps[0]}" in resumed.stdout + resumed.stderr
+    assert final_params(tmp_path / "w")[0] == steps[0] + 10
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

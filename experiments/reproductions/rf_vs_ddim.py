@@ -31,7 +31,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from experiments.digits_nfe import digits_model  # noqa: E402
-from flowgen.sweep import runner  # noqa: E402
+from flowgen.sweep import launch, runner  # noqa: E402
 
 NFE = (1, 2, 4, 8, 10, 16, 32, 64)
 REFERENCE_NFE = 10
@@ -55,6 +55,7 @@ def get_config(models_from: str | None = None) -> ml_collections.ConfigDict:
     c.metrics = ("digits_fid", "pixel_fd")
     c.num_samples = 1000
     c.grid = ""
+    c.launcher = launch.defaults()          # local; e.g. --config.launcher.name=processes
     c.skip_unreachable = False
     return c
 

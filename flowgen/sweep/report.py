@@ -1,13 +1,16 @@
 """The sweep's report, derived from the cell files (rewritten on every run; the cells are the results).
 
-    results.csv            one row per (model, solver, NFE budget, guidance): settings, measured NFE and forward
+    results.csv            one row per (model, solver, NFE budget, guidance): the model's ablation knobs (one column
+                           per overridden training config key, e.g. ``path.name``), settings, measured NFE and forward
                            passes, each metric's mean and std over seeds, seeds, samples per seed, reference, floor,
                            sampling and compile seconds
-    results.md             a table per metric (rows: model × solver, columns: NFE budget; mean ± std over seeds,
-                           the measured NFE where it differs from the budget), then the floors and settings
-    nfe_vs_<metric>.png    one panel per model, one curve per solver (marker + line style + colour), log NFE,
-                           error bars = std over seeds, the metric's floor as a dotted line
-    samples_<model>.png    the first 64 samples of the largest-budget cell of the first solver (seed 0)
+    results.md             a table per metric (rows: model (its knobs) × solver, columns: NFE budget; mean ± std over
+                           seeds, the measured NFE where it differs from the budget), then the floors and settings,
+                           and the failed models with their log files
+    nfe_vs_<metric>.png    one panel per solver (shared axes), one curve per model (marker + line style + colour), log
+                           NFE, error bars = std over seeds, the metric's floor as a dotted line
+    samples_<model>.png    the first 64 samples of the largest-budget cell of the first solver (seed 0); 2-D samples
+                           drawn over points of the data (grey)
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ def _mean_std(values):
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
-def aggregate(rows: list[dict], metric_names) -> list[dict]:
-    """Seeds folded: one dict per (model, series, budget, guidance), in the rows' order."""
+def aggregate(rows: list[dict], metric_names, knobs: dict | None = None) -> list[dict]:
+    """Seeds folded: one dict per (model, series, budget, guidance), in the rows' order; ``knobs``
+    ({model: {key: value}}) adds each model's ablation knobs as columns."""
+    knobs = knobs or {}
     groups = defaultdict(list)
     for r in rows:
         groups[(r["model"], r["series"], r["nfe_budget"], r["guidance"])].append(r)
@@ -41,6 +46,7 @@ def aggregate(rows: list[dict], metric_names) -> list[dict]:
     for (_, series, _, _), rs in groups.items():
         first = rs[0]
         agg = {k: first.get(k) for k in CSV_COLUMNS if k in first}
+        agg.update(knobs.get(first["model"], {}))
         agg.update(series=series, seeds=len(rs), status=first["status"], options=first["options"] or "")
         if first["status"] == "done":
             nfes = sorted({r["nfe"] for r in rs})
@@ -79,8 +85,14 @@ def fitted_orders(table: list[dict], name: str, floor: float, points: int = 3) -
     return out
 
 
-def markdown(spec, table: list[dict], metrics: dict, devices: int) -> str:
+def _knob_text(v) -> str:
+    return "-" if v is None else (_fmt(v) if isinstance(v, float) else str(v))
+
+
+def markdown(spec, table: list[dict], metrics: dict, devices: int, failures=()) -> str:
     budgets = list(spec.nfe)
+    knob_keys = list(getattr(spec, "knob_keys", ()))
+    knob_head = "".join(f" {k} |" for k in knob_keys)
     lines = [f"# {spec.title}", "",
              f"{spec.num_samples} samples per cell and seed, seeds {list(spec.seeds)} (mean ± std over seeds; the "
              f"same noise for every solver and budget), {devices} device(s). Each cell runs the most steps whose "
@@ -96,8 +108,8 @@ def markdown(spec, table: list[dict], metrics: dict, devices: int) -> str:
                     "below this floor")
                 lines.append(f"- {data}: {metric.description}; reference: {metric.reference}; floor "
                              f"{_fmt(metric.floor)} ({metric.floor_note}{bias}).")
-        lines += ["", "| model | solver | guidance | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
-                  "|---|---|---|" + "---|" * len(budgets)]
+        lines += ["", "| model |" + knob_head + " solver | guidance | " + " | ".join(f"NFE {b}" for b in budgets) +
+                  " |", "|---|" + "---|" * len(knob_keys) + "---|---|" + "---|" * len(budgets)]
         keyed = {(r["model"], r["series"], r["guidance"], r["nfe_budget"]): r for r in table}
         for model, series, w in dict.fromkeys((r["model"], r["series"], r["guidance"]) for r in table):
             cells = []
@@ -110,7 +122,9 @@ def markdown(spec, table: list[dict], metrics: dict, devices: int) -> str:
                 else:
                     text = f"{_fmt(r[f'{name}_mean'])} ± {_fmt(r[f'{name}_std'], 2)}"
                     cells.append(text + (f" ({r['nfe']})" if r["nfe"] != b else ""))
-            lines.append(f"| {model} | {series} | {'-' if w is None else w} | " + " | ".join(cells) + " |")
+            first = next(r for r in table if r["model"] == model)
+            knob_cells = "".join(f" {_knob_text(first.get(k))} |" for k in knob_keys)
+            lines.append(f"| {model} |{knob_cells} {series} | {'-' if w is None else w} | " + " | ".join(cells) + " |")
         lines.append("")
         if any(m.fit_order for (n, _), m in metrics.items() if n == name):
             floor = ORDER_FLOOR[spec.dtype]
@@ -130,12 +144,18 @@ def markdown(spec, table: list[dict], metrics: dict, devices: int) -> str:
     done = [r for r in table if r["status"] == "done"]
     lines += ["", f"Sampling {sum(r['sampling_seconds'] * r['seeds'] for r in done):.1f} s, compilation "
               f"{sum(r['compile_seconds'] for r in done):.1f} s in total (per cell in results.csv).", ""]
+    if failures:
+        lines += ["## Failed (not in the tables; the same command retries them)", "", "| model | stage | error | log |",
+                  "|---|---|---|---|"]
+        lines += [f"| {f.task.model} | {f.task.stage} | {f.message.replace('|', '/')} | {f.log} |" for f in failures]
+        lines.append("")
     return "\n".join(lines)
 
 
 def write_csv(path: str, table: list[dict], spec, metrics: dict) -> None:
     names = list(spec.metrics)
-    columns = list(CSV_COLUMNS) + ["status"] + [f"{n}_{s}" for n in names for s in ("mean", "std")] + \
+    columns = ["model", *getattr(spec, "knob_keys", ())] + list(CSV_COLUMNS[1:]) + ["status"] + \
+        [f"{n}_{s}" for n in names for s in ("mean", "std")] + \
         [f"{n}_floor" for n in names] + [f"{n}_reference" for n in names] + ["sampling_seconds", "compile_seconds"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -149,44 +169,59 @@ def write_csv(path: str, table: list[dict], spec, metrics: dict) -> None:
 
 
 def plot(path: str, name: str, table: list[dict], metrics: dict) -> None:
+    """One panel per (solver, guidance) with shared axes, one curve per model: models compare at a glance."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     models = list(dict.fromkeys(r["model"] for r in table))
-    series = list(dict.fromkeys((r["series"], r["guidance"]) for r in table))
-    fig = Figure(figsize=(5.2 * len(models) + 1.5, 4.4), layout="constrained")
+    panels = list(dict.fromkeys((r["series"], r["guidance"]) for r in table)) or [("", None)]
+    fig = Figure(figsize=(4.6 * len(panels) + 2.5, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(models), squeeze=False)[0]
+    axes = fig.subplots(1, len(panels), squeeze=False, sharex=True, sharey=True)[0]
     colours = [f"C{i}" for i in range(10)]
-    for ax, model in zip(axes, models, strict=True):
-        data = None
-        for i, (s, w) in enumerate(series):
+    positive = all(r[f"{name}_mean"] > 0 for r in table if r["status"] == "done" and np.isfinite(r[f"{name}_mean"]))
+    for ax, (s, w) in zip(axes, panels, strict=True):
+        for i, model in enumerate(models):
             pts = sorted((r["nfe"], r[f"{name}_mean"], r[f"{name}_std"]) for r in table
                          if r["model"] == model and (r["series"], r["guidance"]) == (s, w) and r["status"] == "done"
                          and isinstance(r["nfe"], int) and np.isfinite(r[f"{name}_mean"]))
-            data = next(r["data"] for r in table if r["model"] == model)
             if not pts:
                 continue
             x, y, e = map(np.array, zip(*pts, strict=True))
-            label = s if w is None else f"{s}, w={w}"
-            ax.errorbar(x, y, yerr=e, label=label, marker=MARKERS[i % len(MARKERS)],
+            ax.errorbar(x, y, yerr=e, label=model, marker=MARKERS[i % len(MARKERS)],
                         ls=LINESTYLES[i % len(LINESTYLES)], color=colours[i % 10], ms=5, lw=1.3, capsize=3)
-        metric = metrics[(name, data)]
-        if metric.floor is not None and np.isfinite(metric.floor):
-            ax.axhline(metric.floor, color="0.2", ls=":", lw=1.5, label=f"floor ({metric.floor_note})")
+        for data in dict.fromkeys(r["data"] for r in table):
+            metric = metrics[(name, data)]
+            if metric.floor is not None and np.isfinite(metric.floor):
+                ax.axhline(metric.floor, color="0.2", ls=":", lw=1.5, label=f"floor, {data} ({metric.floor_note})")
         ax.set_xscale("log", base=2)
-        if all(r[f"{name}_mean"] > 0 for r in table if r["model"] == model and r["status"] == "done"
-               and np.isfinite(r[f"{name}_mean"])):
+        if positive:
             ax.set_yscale("log")
-        ax.set_title(model)
+        ax.set_title(s if w is None else f"{s}, w={w}")
         ax.set_xlabel("NFE (measured model calls)")
-        ax.set_ylabel(f"{name} (mean ± std over seeds)")
         ax.grid(True, which="both", alpha=0.25)
-        ax.legend(fontsize=7)
+    axes[0].set_ylabel(f"{name} (mean ± std over seeds)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=7)
     fig.savefig(path, dpi=110)
 
 
-def sample_grid(path: str, preview: list, title: str) -> None:
+def data_points(data: str, n: int = 2000) -> np.ndarray | None:
+    """Points of a 2-D toy data set (drawn under 2-D samples); None for other data."""
+    from flowgen.data import toy
+
+    if data not in toy.TOY_DATASETS:
+        return None
+    return np.asarray(toy.toy_batch(data, 0, 0, n), np.float64)
+
+
+def sample_grid(path: str, preview: list, title: str, data: np.ndarray | None = None) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -195,7 +230,11 @@ def sample_grid(path: str, preview: list, title: str) -> None:
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     if x.ndim == 2:
-        ax.scatter(x[:, 0], x[:, 1], s=4)
+        if data is not None:
+            ax.scatter(data[:, 0], data[:, 1], s=2, color="0.75", label="data")
+        ax.scatter(x[:, 0], x[:, 1], s=6, color="C0", label="samples")
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.legend(fontsize=7, loc="upper right")
     else:
         side = int(np.ceil(np.sqrt(len(x))))
         h, w, c = x.shape[1:]
@@ -209,15 +248,16 @@ def sample_grid(path: str, preview: list, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
-def write(workdir: str, spec, rows: list[dict], metrics: dict) -> dict:
-    table = aggregate(rows, spec.metrics)
+def write(workdir: str, spec, rows: list[dict], metrics: dict, failures=()) -> dict:
+    knobs = {m.name: dict(m.knobs) for m in spec.models if getattr(m, "knobs", ())}
+    table = aggregate(rows, spec.metrics, knobs)
     devices = max((r.get("devices", 1) for r in rows), default=1)
-    md = markdown(spec, table, metrics, devices)
+    md = markdown(spec, table, metrics, devices, failures)
     files = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md")}
     write_csv(files["csv"], table, spec, metrics)
     with open(files["md"], "w") as f:
         f.write(md)
-    for name in spec.metrics:
+    for name in spec.metrics if table else ():
         files[f"plot_{name}"] = os.path.join(workdir, f"nfe_vs_{name}.png")
         plot(files[f"plot_{name}"], name, table, metrics)
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -227,7 +267,8 @@ def write(workdir: str, spec, rows: list[dict], metrics: dict) -> dict:
                        key=lambda r: r["nfe"])
             files[f"samples_{model}"] = os.path.join(workdir, f"samples_{model}.png")
             sample_grid(files[f"samples_{model}"], pick["preview"],
-                        f"{model}: {pick['series']}, NFE {pick['nfe']}, seed {pick['seed']}")
+                        f"{model}: {pick['series']}, NFE {pick['nfe']}, seed {pick['seed']}",
+                        data_points(pick["data"]) if np.asarray(pick["preview"]).ndim == 2 else None)
     orders = {name: fitted_orders(table, name, ORDER_FLOOR[spec.dtype]) for name in spec.metrics
               if any(m.fit_order for (n, _), m in metrics.items() if n == name)}
     return {"rows": rows, "table": table, "markdown": md, "files": files, "orders": orders}

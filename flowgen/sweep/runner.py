@@ -64,18 +64,17 @@ class Ready:
 
 
 def _train(m: spec_lib.ModelSpec, workdir: str) -> str:
-    """Train (or finish training) ``m`` in WORKDIR/models/NAME; a finished run is only loaded."""
+    """Train (or finish training) ``m`` in WORKDIR/models/NAME, holding its lock (``flowgen.sweep.lock``); a
+    finished run is only loaded."""
+    from flowgen.sweep import lock
     from flowgen.train.loop import train_and_evaluate
 
     model_dir = os.path.join(workdir, "models", m.name)
-    target_step = m.source.train.num_steps
-    try:
-        if fg.load_model(model_dir, params=m.params).step >= target_step:
-            return model_dir
-    except FileNotFoundError:
-        pass
-    log.info("training model %r in %s (%d steps)", m.name, model_dir, target_step)
-    train_and_evaluate(m.source, model_dir)
+    if _trained(m, workdir):
+        return model_dir
+    with lock.held(model_dir):
+        log.info("training model %r in %s (%d steps)", m.name, model_dir, m.source.train.num_steps)
+        train_and_evaluate(m.source, model_dir)
     return model_dir
 
 
@@ -254,35 +253,119 @@ def add_metrics(record: dict, cell: Cell, spec: spec_lib.SweepSpec, metrics: dic
 
 
 # --------------------------------------------------------------------------------------------- the sweep
-def run(config, workdir: str, progress: bool = True) -> dict:
-    """Run (or finish) the sweep of ``config`` in ``workdir``; returns {"rows", "markdown", "files"}."""
-    from tqdm import tqdm
+def _trained(m: spec_lib.ModelSpec, workdir: str) -> bool:
+    """Whether WORKDIR/models/NAME holds a checkpoint at the model's last step (read from the directory names)."""
+    ckpt = os.path.join(workdir, "models", m.name, "checkpoints")
+    steps = [int(d) for d in os.listdir(ckpt) if d.isdigit()] if os.path.isdir(ckpt) else []
+    return bool(steps) and max(steps) >= m.source.train.num_steps
 
-    spec = spec_lib.parse(config)                 # every check before anything is trained, sampled or written
-    workdir = os.path.abspath(workdir)
+
+def evaluate(config, workdir: str, progress: bool = True) -> None:
+    """Sample and score every missing cell of the sweep ``config`` (its models trained or loaded in this process);
+    the cells stage of one model in ``flowgen.sweep.launch``."""
+    spec = spec_lib.parse(config)
     _listen_to_compiles()
-    models = {m.name: prepare(m, workdir) for m in spec.models}     # trains or loads: fails before cells/ exists
+    models = {m.name: prepare(m, workdir) for m in spec.models}
     cells_dir = os.path.join(workdir, "cells")
     os.makedirs(cells_dir, exist_ok=True)
     store.remove_stray_temporaries(cells_dir)
-    metrics = {(name, m.data_name): METRICS[name](m.data_name, spec.num_samples)
-               for m in spec.models for name in spec.metrics}
+    metrics = _metrics(spec)
     cells = plan(spec, models)
-    records = {c.id: store.read(cells_dir, c.id) for c in cells}
-    todo = [c for c in cells if records[c.id] is None]
+    todo = [c for c in cells if store.read(cells_dir, c.id) is None]
     sharding = batch_sharding()
     cache: dict = {}
     log.info("%d cells, %d to run, on %d device(s)", len(cells), len(todo), sharding.mesh.size)
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", desc="sweep", dynamic_ncols=True,
-               disable=not progress)
-    with jax.enable_x64(spec.dtype == "float64"), bar:
+    with jax.enable_x64(spec.dtype == "float64"), _Progress(len(cells), len(cells) - len(todo), progress) as bar:
         for cell in todo:
-            bar.set_postfix_str(f"{cell.model.spec.name} {cell.solver.label} nfe<={cell.nfe_budget} seed {cell.seed}")
+            what = f"{cell.model.spec.name} {cell.solver.label} nfe<={cell.nfe_budget} seed {cell.seed}"
+            bar.start(what)
             record, samples = run_cell(cell, spec, metrics, sharding, cache)
             if samples is not None:
                 store.write_samples_once(cells_dir, cell.id, samples)
             store.write_once(cells_dir, cell.id, record)
-            records[cell.id] = store.read(cells_dir, cell.id)
-            bar.update()
-        rows = [add_metrics(records[c.id], c, spec, metrics, cells_dir, sharding, cache) for c in cells]
-    return report.write(workdir, spec, rows, metrics)
+            bar.done(what, record)
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise (a log file, a pipe) one log line per finished cell."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        import sys
+
+        from tqdm import tqdm
+
+        self.total, self.count = total, initial
+        self.interactive = enabled and sys.stderr.isatty()
+        self.bar = tqdm(total=total, initial=initial, unit="cell", desc="sweep", dynamic_ncols=True,
+                        disable=not self.interactive)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+
+    def start(self, what: str) -> None:
+        self.bar.set_postfix_str(what)
+
+    def done(self, what: str, record: dict) -> None:
+        self.count += 1
+        self.bar.update()
+        if not self.interactive:
+            scores = ", ".join(f"{k} {v:.4g}" for k, v in (record.get("metrics") or {}).items()
+                               if isinstance(v, (int, float)))
+            log.info("cell %d/%d %s: %s", self.count, self.total, what,
+                     f"NFE {record['nfe']}, {scores}" if record["status"] == "done" else record["status"])
+
+
+def _metrics(spec: spec_lib.SweepSpec) -> dict:
+    return {(name, m.data_name): METRICS[name](m.data_name, spec.num_samples)
+            for m in spec.models for name in spec.metrics}
+
+
+def run(config, workdir: str, progress: bool = True) -> dict:
+    """Run (or finish) the sweep of ``config`` in ``workdir``; returns {"rows", "table", "markdown", "files",
+    "orders", "failed"} ("failed": a ``launch.Failure`` per model whose training or cells failed, with its log).
+
+    Each model whose training or cells are unfinished is one task of the config's launcher (``flowgen.sweep.launch``):
+    train it (resumably, in WORKDIR/models/NAME), then sample and score its missing cells. Then the report of every
+    model whose cells are all there; a failed model is named with its log and does not stop the others."""
+    from flowgen.sweep import launch, lock
+
+    spec = spec_lib.parse(config)                 # every check before anything is trained, sampled or written
+    launcher = launch.get(dict(spec.launcher))
+    workdir = os.path.abspath(workdir)
+    _listen_to_compiles()
+    cells_dir = os.path.join(workdir, "cells")
+    with lock.held(workdir):
+        launch.save_config(spec_lib.resolve(config), workdir)
+        os.makedirs(cells_dir, exist_ok=True)
+        store.remove_stray_temporaries(cells_dir)
+        untrained = [m.name for m in spec.models if m.kind == "train" and not _trained(m, workdir)]
+        models = {m.name: prepare(m, workdir) for m in spec.models if m.name not in untrained}
+        cells = plan(dataclasses.replace(spec, models=tuple(m for m in spec.models if m.name in models)), models)
+        todo = untrained + [n for n in dict.fromkeys(c.model.spec.name for c in cells)
+                            if any(store.read(cells_dir, c.id) is None for c in cells if c.model.spec.name == n)]
+        todo = [m.name for m in spec.models if m.name in todo]                       # the config's order
+        log.info("%d model(s), %d to train and/or evaluate with the %s launcher", len(spec.models), len(todo),
+                 launcher.name)
+        failures = launcher.run([launch.Task("point", name, workdir) for name in todo])
+        failed = {f.task.model for f in failures}
+        good = [m for m in spec.models if m.name not in failed]
+        models = {m.name: prepare(m, workdir) for m in good}
+        cells = plan(dataclasses.replace(spec, models=tuple(good)), models)
+        records = {c.id: store.read(cells_dir, c.id) for c in cells}
+        for name in dict.fromkeys(c.model.spec.name for c in cells if records[c.id] is None):
+            task = launch.Task("point", name, workdir)
+            failures.append(launch.Failure(task, task.log, "cells missing after its task"))
+            failed.add(name)
+        done = [c for c in cells if c.model.spec.name not in failed]
+        metrics = _metrics(spec)
+        sharding, cache = batch_sharding(), {}
+        with jax.enable_x64(spec.dtype == "float64"):
+            rows = [add_metrics(records[c.id], c, spec, metrics, cells_dir, sharding, cache) for c in done]
+        for f in failures:
+            log.error("model %r failed: %s; log: %s", f.task.model, f.message, f.log)
+        result = report.write(workdir, spec, rows, metrics, failures)
+    result["failed"] = failures
+    return result

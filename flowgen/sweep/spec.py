@@ -1,9 +1,22 @@
 """A sweep config (``experiments/NAME.py``: ``get_config()`` → ConfigDict), read and checked before anything runs.
 
+    ablation     (optional, beside or instead of ``models``) a grid of training overrides over one base config,
+                 expanded to models of kind "train" named by their overrides (``expand_ablation``):
+                   {"base": "configs/toy2d_rf.py:small" (or a ConfigDict),
+                    "overrides": {"train": {"num_steps": 200}},             every point (optional)
+                    "product": {"path": {"name": ["linear", "vp_linear"]},  every combination (optional)
+                                "loss": {"target": ["velocity", "noise"]}},
+                    "zip": {"optim": {"lr": [1e-3, 3e-3], "warmup_steps": [10, 30]}},   side by side (optional)
+                    "options": {"params": "ema"}}                           model options of every point (optional)
+                 keys nest like the training config (ConfigDicts take no dots in keys; a plain dict may also
+                 write "optim.lr"); a knob's values are a list or tuple
+    launcher     (optional) how models are trained and cells evaluated: {"name": "local" | "processes" | "submitit",
+                 ...}; see ``flowgen.sweep.launch.LAUNCHERS`` (default: local, in this process)
     models       {name: model}, each one of
                    {"workdir": DIR}                                a trained run (``fg.load_model``)
                    {"train": CONFIG}                               a training ConfigDict (or "configs/x.py[:variant]")
-                                                                   trained first, resumably, in SWEEP_DIR/models/name
+                                                                   trained first, resumably, in SWEEP_DIR/models/name;
+                                                                   optional "overrides": {"optim.lr": 3e-3, ...}
                    {"analytic": DATA, "path": NAME, "target": T}  the exact model of a 2-D mixture (e.g. "circle")
                  optional keys: "params" ("ema", "params", "ema_0.999"), "sample_path" (sample under another path:
                  the exact schedule transformation, ``flowgen.paths.transform``), "sample_target", and "t_start",
@@ -27,6 +40,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import os
+import re
 
 import ml_collections
 
@@ -35,7 +49,8 @@ from flowgen.sweep import budget
 from flowgen.sweep.metrics import check_fits
 
 KEYS = ("models", "solvers", "nfe", "guidance", "seeds", "metrics", "num_samples", "grid", "skip_unreachable",
-        "title", "dtype")
+        "title", "dtype", "ablation", "launcher")
+ABLATION_KEYS = ("base", "overrides", "product", "zip", "options")
 DTYPES = ("float32", "float64")
 MODEL_KINDS = ("workdir", "train", "analytic")
 MODEL_OPTIONS = ("params", "sample_path", "sample_target", "path", "target", "t_start", "t_end")
@@ -71,6 +86,7 @@ class ModelSpec:
     sample_target: str
     t_start: float | None           # grid ends (set when sampling under another path)
     t_end: float | None
+    knobs: tuple[tuple[str, object], ...] = ()     # the ablation's overrides that name this model
 
     @property
     def transformed(self) -> bool:
@@ -90,6 +106,12 @@ class SweepSpec:
     skip_unreachable: bool
     title: str
     dtype: str = "float32"
+    launcher: tuple[tuple[str, object], ...] = (("name", "local"),)
+
+    @property
+    def knob_keys(self) -> tuple[str, ...]:
+        """The ablation's knobs over all models, in order (columns of the report)."""
+        return tuple(dict.fromkeys(k for m in self.models for k, _ in m.knobs))
 
 
 def parse_solver(text: str, allow_adaptive: bool = False) -> SolverSpec:
@@ -129,9 +151,101 @@ def load_training_config(value) -> ml_collections.ConfigDict:
     raise ValueError(f"a model's 'train' must be a training ConfigDict or 'configs/NAME.py[:variant]'; got {value!r}")
 
 
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict, where: str) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with each dotted ``key: value`` set; an unknown key or a value of the wrong type is a
+    ValueError naming the key and the valid ones."""
+    config = ml_collections.ConfigDict(config.to_dict()) if not isinstance(config, ml_collections.ConfigDict) \
+        else config.copy_and_resolve_references()
+    config.unlock()
+    for key, value in overrides.items():
+        node, parts = config, str(key).split(".")
+        for i, part in enumerate(parts):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                section = ".".join(parts[:i]) or "the training config"
+                raise ValueError(f"{where}: unknown training config key {key!r}; keys of {section}: "
+                                 f"{', '.join(sorted(keys)) if keys else '(not a section)'}")
+            if i < len(parts) - 1:
+                node = node[part]
+        try:
+            setattr(node, parts[-1], value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: {key}={value!r}: {str(e).splitlines()[0]}") from None
+    return config
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """{"optim": {"lr": x}} -> {"optim.lr": x}: leaves are the values that are not mappings."""
+    out = {}
+    for key, value in (tree.items() if hasattr(tree, "items") else ()):
+        full = f"{prefix}{key}"
+        if hasattr(value, "items"):
+            out.update(flatten(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def _safe(value) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_") or "_"
+
+
+def point_name(knobs) -> str:
+    """A model's name from its overrides: ``key=value`` joined by ``,``, filesystem-safe and stable (the same
+    overrides give the same name; values in their repr, e.g. 0.001)."""
+    return ",".join(f"{k}={_safe(v)}" for k, v in knobs)
+
+
+def expand_ablation(ablation) -> dict[str, dict]:
+    """The models of an ablation, in order: {name: {"train": ConfigDict, "knobs": ((key, value), ...), ...}}.
+    ``product`` keys vary fastest last (like nested loops in key order); ``zip`` lists advance together."""
+    import itertools
+
+    a = ablation.to_dict() if hasattr(ablation, "to_dict") else dict(ablation)
+    unknown = sorted(set(a) - set(ABLATION_KEYS))
+    if unknown:
+        raise ValueError(f"unknown ablation keys {unknown}; valid keys: {', '.join(ABLATION_KEYS)}")
+    if "base" not in a:
+        raise ValueError("ablation needs 'base': a training config file 'configs/NAME.py[:variant]' or ConfigDict")
+    base = load_training_config(ablation["base"])
+    product, zipped = flatten(a.get("product") or {}), flatten(a.get("zip") or {})
+    for section, values in (("product", product), ("zip", zipped)):
+        for key, vs in values.items():
+            if isinstance(vs, (str, bytes)) or not hasattr(vs, "__len__") or len(vs) == 0:
+                raise ValueError(f"ablation.{section}[{key!r}] must be a non-empty list of values; got {vs!r}")
+    both = sorted(set(product) & set(zipped))
+    if both:
+        raise ValueError(f"ablation keys {both} are in both 'product' and 'zip'; give each knob once")
+    lengths = {k: len(v) for k, v in zipped.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"ablation.zip lists must have the same length; got {lengths}")
+    if not product and not zipped:
+        raise ValueError("ablation needs 'product' or 'zip' (the knobs that vary); valid keys: "
+                         f"{', '.join(ABLATION_KEYS)}")
+    fixed = flatten(a.get("overrides") or {})
+    options = dict(a.get("options") or {})
+    bad = sorted(set(options) - {"params", "sample_path", "sample_target", "t_start", "t_end"})
+    if bad:
+        raise ValueError(f"ablation.options {bad} are not model options; valid: params, sample_path, "
+                         "sample_target, t_start, t_end")
+    zip_rows = list(zip(*zipped.values(), strict=True)) if zipped else [()]
+    points = {}
+    for combo in itertools.product(*product.values()):
+        for row in zip_rows:
+            knobs = tuple(zip(product, combo, strict=True)) + tuple(zip(zipped, row, strict=True))
+            name = point_name(knobs)
+            if name in points:
+                raise ValueError(f"ablation points give the name {name!r} twice; make the values distinct")
+            config = apply_overrides(base, {**fixed, **dict(knobs)}, f"ablation point {name!r}")
+            points[name] = {"train": config, "knobs": knobs, **options}
+    return points
+
+
 def _model_spec(name: str, entry: dict) -> ModelSpec:
     from flowgen.train import config as config_lib
 
+    knobs = tuple(entry.pop("knobs", ()))
     kinds = [k for k in MODEL_KINDS if k in entry]
     unknown = sorted(set(entry) - set(MODEL_KINDS) - set(MODEL_OPTIONS))
     if len(kinds) != 1 or unknown:
@@ -154,7 +268,10 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
                              "to sample under another path")
         if kind == "train":
             source = load_training_config(entry["train"])
-            config_lib.validate(source)
+            try:
+                config_lib.validate(source)
+            except ValueError as e:
+                raise ValueError(f"model {name!r}: {e}") from None
         else:
             source = os.path.abspath(entry["workdir"])
             if not os.path.isdir(source):
@@ -184,7 +301,7 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
                 raise ValueError(f"model {name!r}: {key} is set by sample_path (the matching interval)")
             t_start, t_end = (float(entry[key]), t_end) if key == "t_start" else (t_start, float(entry[key]))
     return ModelSpec(name, kind, source, params, data, shape, num_classes, path, target, sample_path,
-                     sample_target, t_start, t_end)
+                     sample_target, t_start, t_end, knobs)
 
 
 def _ints(values, key: str, minimum: int) -> tuple[int, ...]:
@@ -193,6 +310,43 @@ def _ints(values, key: str, minimum: int) -> tuple[int, ...]:
     if not values or bad:
         raise ValueError(f"{key} must be a non-empty list of integers >= {minimum}; bad: {bad or values!r}")
     return values
+
+
+def resolve(config) -> dict:
+    """The sweep config with every model explicit: ``models`` plus the ablation's points (each training config
+    loaded, its ``overrides`` applied), without ``ablation`` and ``launcher``: what a task in another process reads."""
+    c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    raw = config["models"] if c.get("models") else {}
+    models = {}
+    for name, entry in raw.items():
+        entry = dict(entry)
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.+=,-]+", name):
+            raise ValueError(f"model name {name!r} must be filesystem-safe (letters, digits, _ . + = , -)")
+        overrides = entry.pop("overrides", None)
+        if "train" in entry:
+            entry["train"] = load_training_config(entry["train"])
+            if overrides:
+                entry["train"] = apply_overrides(entry["train"], flatten(overrides), f"model {name!r}")
+        elif overrides:
+            raise ValueError(f"model {name!r}: 'overrides' applies to a training config ('train') only")
+        models[name] = entry
+    if c.get("ablation"):
+        for name, entry in expand_ablation(config["ablation"]).items():
+            if name in models:
+                raise ValueError(f"ablation point {name!r} has the name of a model in 'models'; rename that model")
+            models[name] = entry
+    out = {k: v for k, v in c.items() if k not in ("models", "ablation", "launcher")}
+    out["models"] = models
+    return out
+
+
+def _launcher(section) -> tuple[tuple[str, object], ...]:
+    """The ``launcher`` section, checked by its launcher class (``flowgen.sweep.launch.LAUNCHERS``)."""
+    from flowgen.sweep import launch
+
+    options = dict(section.to_dict() if hasattr(section, "to_dict") else (section or {}))
+    launch.get(options)                         # unknown names and options raise a ValueError naming the valid ones
+    return tuple(sorted(options.items()))
 
 
 def parse(config) -> SweepSpec:
@@ -205,10 +359,13 @@ def parse(config) -> SweepSpec:
     unknown = sorted(set(c) - set(KEYS))
     if unknown:
         raise ValueError(f"unknown sweep config keys {unknown}; valid keys: {', '.join(KEYS)}")
-    missing = [k for k in ("models", "solvers", "nfe", "metrics") if not c.get(k)]
+    missing = [k for k in ("solvers", "nfe", "metrics") if not c.get(k)]
+    if not c.get("models") and not c.get("ablation"):
+        missing.insert(0, "models (or ablation)")
     if missing:
         raise ValueError(f"the sweep config needs {', '.join(missing)}")
-    raw_models = config["models"]
+    launcher = _launcher(c.get("launcher"))
+    raw_models = resolve(config)["models"]
     models = tuple(_model_spec(name, dict(entry)) for name, entry in raw_models.items())
     solvers = tuple(parse_solver(s) for s in c["solvers"])
     nfe = _ints(c["nfe"], "nfe", 1)
@@ -235,7 +392,7 @@ def parse(config) -> SweepSpec:
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
     spec = SweepSpec(models, solvers, nfe, guidance, seeds, metrics, num_samples, grid,
-                     bool(c.get("skip_unreachable", False)), c.get("title") or "NFE sweep", dtype)
+                     bool(c.get("skip_unreachable", False)), c.get("title") or "NFE sweep", dtype, launcher)
     for m in models:
         for s in solvers:
             # A dry run of the sampler: refuses path/target/solver/grid combinations that cannot run, and measures

@@ -6,8 +6,10 @@
 
 Exactness: step keys are ``fold_in(key, step)`` and the data iterator's state is checkpointed, so a run killed at any
 step and restarted ends with bit-identical parameters (same device count). SIGTERM (preemption) finishes the current
-step, saves and returns. A non-finite loss stops the run with ``NonFiniteLossError`` naming the step; no checkpoint is
-written after it, so the last good one stays intact.
+step, saves and raises ``Preempted`` (``python -m flowgen.main`` then exits with ``EXIT_PREEMPTED`` = 143, not 0,
+so a scheduler's ``afterok`` never fires on an unfinished run; the same command resumes). A non-finite loss stops
+the run with ``NonFiniteLossError`` naming the step; no checkpoint is written after it, so the last good one stays
+intact.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ log = logging.getLogger("flowgen")
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+class Preempted(Exception):
+    """Raised by ``train_and_evaluate`` after SIGTERM, once the checkpoint is saved: the run is not finished."""
+
+    def __init__(self, step: int, num_steps: int):
+        super().__init__(f"stopped by SIGTERM at step {step}/{num_steps} after saving a checkpoint; the same command "
+                         "resumes it")
+        self.step = step
 
 
 class Preemption:
@@ -131,6 +142,8 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     finally:  # also on an error (sampling, a non-finite loss, Ctrl-C): pending saves land on disk
         checkpointer.close()
         writer.close()
+    if preemption.requested and step < tc.num_steps:
+        raise Preempted(step, tc.num_steps)
     return progress.last
 
 
