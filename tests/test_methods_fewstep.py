@@ -79,6 +79,23 @@ def test_the_exact_average_velocity_is_the_fixed_point_of_the_meanflow_loss(path
 
 
 @pytest.mark.usefixtures("x64")
+@pytest.mark.parametrize("path_name", ["linear", "vp_cosine"])
+def test_the_meanflow_target_of_the_exact_model_is_the_exact_average_velocity(path_name):
+    """No Monte-Carlo error: with the exact marginal velocity v(z, t) in place of the conditional one the target is
+    deterministic, and at u* it must equal u* (the identity as implemented: its sign, its tangents (v, 1, −1))."""
+    from flowgen.methods.meanflow import meanflow_target
+
+    path = fg.paths.get(path_name)
+    z = jax.random.normal(jax.random.key(6), (32, 2)) * 2.0
+    t = jnp.linspace(0.02, 0.7, 32)
+    h = jnp.linspace(0.9, 0.05, 32) * (path.t_max - t)
+    v = CIRCLE.model(path, "velocity")(z, t)
+    u, goal = meanflow_target(lambda z, t, h: CIRCLE.average_velocity(path, z, t, t + h, RK4_STEPS), z, t, h, v)
+    np.testing.assert_allclose(goal, u, atol=2e-3 * float(jnp.abs(u).max()))
+    assert float(jnp.abs(u - v).max()) > 0.5               # the check is not vacuous: u* is no velocity here
+
+
+@pytest.mark.usefixtures("x64")
 def test_the_shortcut_self_consistency_target_is_met_exactly_by_the_exact_shortcut():
     """Self-consistency only (fraction just under 1): the residual of the exact shortcut is ~0 (its only error is
     the finest level, whose half steps are queried at d = 0); a model that ignores d is far off. The flow-matching

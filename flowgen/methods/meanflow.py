@@ -65,6 +65,17 @@ from flowgen.paths.targets import target_from_pair
 from flowgen.paths.time_samplers import get_time_sampler
 
 
+def meanflow_target(net, z, t, h, v):
+    """``(u_θ(z, t, h), v + h·(d/dt) u_θ(z, t, h))`` in float32: the prediction and the (not yet stop-gradient)
+    MeanFlow target of a network ``net(z, t, h)`` at points z (B, ...) at times t (B,) with intervals h = r − t (B,)
+    and velocities v (B, ...), the total derivative by one ``jax.jvp`` with tangents (v, 1, −1) on (z, t, h).
+    With the exact average velocity and the exact marginal velocity v(z, t) the target equals u exactly."""
+    f32 = lambda a: jnp.asarray(a).astype(jnp.float32)  # noqa: E731
+    ones = jnp.ones(jnp.shape(t), jnp.float32)
+    u, du_dt = jax.jvp(lambda zz, tt, hh: f32(net(zz, tt, hh)), (f32(z), f32(t), f32(h)), (f32(v), ones, -ones))
+    return u, f32(v) + jnp.reshape(f32(h), (-1,) + (1,) * (u.ndim - 1)) * du_dt
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class MeanFlow(JumpMethod):
     name: ClassVar[str] = "meanflow"
@@ -119,11 +130,9 @@ class MeanFlow(JumpMethod):
             preds, goals = [], []
             if n:
                 c_mf = None if cond is None else cond[:n]
-                u, du_dt = jax.jvp(lambda z, tt, hh: f32(net(z, tt, hh, c_mf)),
-                                   (f32(x_t[:n]), f32(t[:n]), f32(h[:n])),
-                                   (f32(v[:n]), jnp.ones((n,), jnp.float32), -jnp.ones((n,), jnp.float32)))
+                u, goal = meanflow_target(lambda z, tt, hh: net(z, tt, hh, c_mf), x_t[:n], t[:n], h[:n], v[:n])
                 preds.append(u)
-                goals.append(f32(v[:n]) + f32(h[:n]).reshape((n,) + (1,) * (x_t.ndim - 1)) * du_dt)
+                goals.append(goal)
             if n < b:
                 preds.append(f32(net(x_t[n:], t[n:], h[n:], None if cond is None else cond[n:])))
                 goals.append(f32(v[n:]))
