@@ -222,3 +222,24 @@ def test_bad_sampler_settings_are_refused_by_name():
                                  guidance=2.0, null_cond=3)
     with pytest.raises(ValueError, match="sample.grid='edm'"):
         build("meanflow").sample(apply, None, noise, key=None, solver="meanflow", num_steps=1, grid="edm")
+
+
+def test_guided_shortcut_sampling_counts_one_batched_call_and_two_passes_per_step():
+    """Guidance of s: the conditional and the null pass in one batch of 2B; with a model that ignores its label the
+    guided samples equal the unguided ones for any weight."""
+    calls = []
+
+    def apply(params, x, t, cond, d):
+        jax.debug.callback(lambda: calls.append(1))
+        assert x.shape[0] == cond.shape[0]
+        return CIRCLE.average_velocity(LINEAR, x, t, t + d, 16)
+
+    noise = jax.random.normal(jax.random.key(4), (8, 2))
+    method = build("shortcut", num_classes=3)
+    labels = jnp.arange(8) % 3
+    x, info = method.sample(apply, {}, noise, key=None, solver="shortcut", num_steps=4, cond=labels, guidance=2.5,
+                            null_cond=3)
+    jax.block_until_ready(x)
+    assert len(calls) == int(info["nfe"]) == 4 and int(info["forward_passes"]) == 8
+    plain, _ = method.sample(apply, {}, noise, key=None, solver="shortcut", num_steps=4, cond=labels)
+    np.testing.assert_allclose(x, plain, atol=1e-5)
