@@ -16,6 +16,7 @@
   and DiT-S/2 (batch ``--image-batch``; TFDS mock data).
 
     python benchmarks/train.py --part compare --rounds 5 --torch-python /path/to/venv-with-torch/bin/python
+    python benchmarks/train.py --part compare --rounds 5 --baseline-repo /tmp/before   # before/after a change
     python benchmarks/train.py --part overhead --rounds 3
     python benchmarks/train.py --part peak
     python benchmarks/train.py --part profile --image-steps 5
@@ -131,19 +132,20 @@ def step_only(name: str, steps: int, data_dir: str, overrides=()) -> dict:
 
 # --------------------------------------------------------------------------------------------- subprocess runners
 
-def _run(cmd, timeout=3600) -> str:
-    env = {**os.environ, "PYTHONPATH": REPO}
-    out = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+def _run(cmd, timeout=3600, repo=REPO) -> str:
+    env = {**os.environ, "PYTHONPATH": repo}
+    out = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     if out.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out.stdout + out.stderr
 
 
-def cli_rate(config: str, extra=()) -> dict:
-    """steps/s of ``python -m flowgen.main`` as its closing summary states it, with and without checkpoint saves."""
+def cli_rate(config: str, extra=(), repo=REPO) -> dict:
+    """steps/s of ``python -m flowgen.main`` (of the checkout ``repo``) as its closing summary states it, with and
+    without checkpoint saves."""
     with tempfile.TemporaryDirectory() as workdir:
         text = _run([sys.executable, "-m", "flowgen.main", f"--config=configs/{config}.py", f"--workdir={workdir}",
-                     *extra])
+                     *extra], repo=repo)
     return {"": float(SUMMARY.search(text).group(1)),
             " (without checkpoint pauses)": float(WITHOUT_SAVES.search(text).group(1))}
 
@@ -169,6 +171,9 @@ def part_compare(args) -> dict:
         "minimal JAX, 32 steps/call (scan)": lambda: json_line(
             [sys.executable, "benchmarks/train_minimal_jax.py", "--steps", steps, "--fuse", "32"])["steps_per_s"],
     }
+    if args.baseline_repo:   # the same command from another checkout (e.g. before a change), in the same rounds
+        contenders["flowgen CLI (baseline)"] = lambda: cli_rate("toy2d_rf", [f"--config.train.num_steps={steps}"],
+                                                                repo=os.path.abspath(args.baseline_repo))
     if args.torch_python:
         contenders["PyTorch eager"] = lambda: json_line(
             [args.torch_python, "benchmarks/train_torch_mirror.py", "--steps", "1000"])["steps_per_s"]
@@ -358,6 +363,9 @@ def main(argv=None) -> None:
     parser.add_argument("--profile-config", default="digits_rf", help="--part profile: the config whose step to trace")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--torch-python", default=None, help="a Python interpreter with torch installed")
+    parser.add_argument("--baseline-repo", default=None,
+                        help="--part compare: also run the command from this checkout (e.g. `git worktree add "
+                             "/tmp/before REV`), interleaved in the same rounds")
     parser.add_argument("--toy-steps", type=int, default=6000,
                         help="--part compare/overhead: steps of each toy run (the config's 2000 take 8 s here, too "
                              "short to average out the machine's drift; the schedule is constant after warm-up)")

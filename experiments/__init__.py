@@ -1,4 +1,4 @@
-"""Experiments: sweeps over paths × solvers × NFE that write a results table (CSV/Markdown/JSON) and plots.
+"""Experiments: sweep configs (``get_config()``) run by ``python -m flowgen.main --mode=sweep``, and reproductions.
 
-    python -m experiments.analytic_sweep            # NFE vs. quality of every solver on the exact 2-D mixture
+    python -m flowgen.main --mode=sweep --config=experiments/analytic_sweep.py --workdir=results/analytic_sweep
 """

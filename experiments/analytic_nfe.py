@@ -6,7 +6,7 @@ The model is the exact posterior of ``GaussianMixture.circle()`` (the toy set "c
 (velocity) and on the VP path (noise prediction), so every error is the solver's own. Metrics: sliced W2 to true
 samples and the exact NLL gap, each with its Monte-Carlo floor. Both models start at t = 1e-3, where every solver
 (the reverse-SDE ones included) can run. For the ODE error against a reference solve and
-fitted convergence orders see ``python -m experiments.analytic_sweep``.
+fitted convergence orders see ``experiments/analytic_sweep.py`` (the same models in float64).
 """
 
 import ml_collections

@@ -160,12 +160,11 @@ class GaussianMixture:
         return cache[(path, target, conditional)]
 
     def _make_model(self, path: Path, target: str, conditional: bool) -> Callable:
+        spec = targets_lib.get_target(target)
 
         def predict(x_t, t, labels=None):
             d, score = self.posterior(x_t, t, path, labels)
-            if target == "score":
-                return score
-            return targets_lib.from_denoised(target, d, x_t, path.coefficients(jnp.asarray(t, x_t.dtype)))
+            return spec.from_posterior(d, score, x_t, path.coefficients(jnp.asarray(t, x_t.dtype)))
 
         if conditional:
             return predict

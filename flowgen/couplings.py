@@ -123,9 +123,6 @@ COUPLINGS: dict[str, type[Coupling]] = {c.name: c for c in (Independent, Minibat
 def get_coupling(name: str | Coupling, **kwargs) -> Coupling:
     if isinstance(name, Coupling):
         return name
-    if name not in COUPLINGS:
-        raise ValueError(f"unknown coupling {name!r}; valid couplings: {', '.join(COUPLINGS)}")
-    try:
-        return COUPLINGS[name](**kwargs)
-    except TypeError as e:
-        raise ValueError(f"bad options {kwargs} for coupling {name!r}: {e}") from e
+    from flowgen import options
+
+    return options.build(COUPLINGS, name, "coupling", kwargs)

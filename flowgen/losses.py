@@ -37,7 +37,7 @@ import numpy as np
 
 from flowgen.couplings import Coupling, get_coupling
 from flowgen.paths.schedules import Path, host_eval
-from flowgen.paths.targets import check_target, target_from_pair
+from flowgen.paths.targets import check_target, get_target, target_from_pair
 from flowgen.paths.time_samplers import TimeSampler, get_time_sampler
 from flowgen.sources import GAUSSIAN, Source
 
@@ -61,21 +61,10 @@ def _log_data_weight(weighting: str, path: Path, t, gamma: float, sigma_data: fl
 
 
 def _log_target_scale_sq(target: str, path: Path, t):
-    """log c_T² (see module docstring), with λ clipped so the ends of a path stay finite."""
-    a, s, da, ds = path.coefficients(t)
+    """log c_T² (see module docstring; each target knows its own), with λ clipped so the ends of a path stay
+    finite."""
     lam = jnp.clip(path.log_snr(t), -_LAMBDA_CLIP, _LAMBDA_CLIP)
-    ratio = jnp.exp(lam)                                   # α/σ, clipped
-    if target == "data":
-        return jnp.zeros_like(lam)
-    if target == "noise":
-        return 2.0 * lam
-    if target == "v":
-        return 2.0 * jnp.log(a * ratio + s)                # (α² + σ²)/σ = α·(α/σ) + σ
-    if target == "velocity":
-        return 2.0 * jnp.log(jnp.abs(da - ds * ratio))
-    if target == "score":
-        return 2.0 * (lam - jnp.log(s))
-    raise ValueError(check_target(target))
+    return get_target(target).log_scale_sq(*path.coefficients(t), lam)
 
 
 def loss_weight(weighting: str, target: str, path: Path, t, gamma: float = 5.0, sigma_data: float = 0.5):
@@ -117,8 +106,9 @@ def make_loss(
     if not (gamma > 0 and sigma_data > 0):
         raise ValueError(f"gamma and sigma_data must be > 0; got gamma={gamma!r}, sigma_data={sigma_data!r}")
     ends = np.array([sampler.t_min, sampler.t_max])
-    if target == "score" and np.any(host_eval(path.sigma, ends) <= 0):
-        raise ValueError(f"the score target is infinite where σ = 0; train on t_max < {sampler.t_max} for {path!r}")
+    if get_target(target).infinite_where_sigma_is_zero and np.any(host_eval(path.sigma, ends) <= 0):
+        raise ValueError(f"the {target} target is infinite where σ = 0; train on t_max < {sampler.t_max} for "
+                         f"{path!r}")
     end_weights = host_eval(lambda t: loss_weight(weighting, target, path, t, gamma, sigma_data), ends)
     if not np.all(np.isfinite(end_weights)):
         raise ValueError(f"weighting {weighting!r} for target {target!r} is not finite at t in {ends.tolist()} on "

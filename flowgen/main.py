@@ -222,9 +222,9 @@ def _unknown_key(argv: list[str]) -> str | None:
             if part not in keys:
                 where = ".".join(walked) or "the config"
                 hint = difflib.get_close_matches(part, keys, n=1)
-                suggestion = f"did you mean {'.'.join([*walked, hint[0]])!r}? " if hint else ""
-                valid = f"keys of {where}: {', '.join(sorted(keys))}" if keys else f"{where} is not a section"
-                return f"{arg}: unknown key {key!r}; {suggestion}({valid})"
+                suggestion = f"; did you mean {'.'.join([*walked, hint[0]])!r}?" if hint else "."
+                valid = f"Keys of {where}: {', '.join(sorted(keys))}" if keys else f"{where} is not a section"
+                return f"{arg}: unknown key {key!r}{suggestion} {valid}"
             node = node[part]
             walked.append(part)
     return None

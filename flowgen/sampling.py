@@ -41,7 +41,7 @@ import numpy as np
 from flowgen import paths as paths_lib
 from flowgen import solvers as solvers_lib
 from flowgen.paths.schedules import Coefficients, Path, host_eval
-from flowgen.paths.targets import check_target
+from flowgen.paths.targets import check_target, get_target
 from flowgen.solvers import grids as grids_lib
 from flowgen.solvers.base import Context, Solver
 
@@ -98,15 +98,16 @@ def check_grid_on_path(path: Path, target: str, solver: Solver, ts: np.ndarray) 
             )
     if np.any(coeff["sigma"][:-1] <= 0):
         raise ValueError(f"σ(t) = 0 before the grid's last time (t={ts[:-1][coeff['sigma'][:-1] <= 0][0]}) {where}")
-    if target in ("noise", "score"):
+    spec = get_target(target)
+    if spec.needs_alpha:
         bad = evaluated & (coeff["alpha"] <= 0)
         if bad.any():
             raise ValueError(
                 f"a {target!r} prediction does not determine x_data where α(t) = 0 (t={ts[bad][0]:.6g}) {where}; "
                 f"start the grid later, e.g. t_start=1e-3"
             )
-    if target == "score" and np.any(evaluated & (coeff["sigma"] <= 0)):
-        raise ValueError(f"the score is infinite where σ(t) = 0 (t={ts[-1]}) {where}; end the grid before it")
+    if spec.infinite_where_sigma_is_zero and np.any(evaluated & (coeff["sigma"] <= 0)):
+        raise ValueError(f"the {target} is infinite where σ(t) = 0 (t={ts[-1]}) {where}; end the grid before it")
     solver.check_grid(path, target, ts, coefficients)
 
 
@@ -195,7 +196,7 @@ def sample(
       path: a ``Path`` or a name in ``flowgen.paths.PATHS``.
       target: what the model predicts: one of ``flowgen.paths.TARGETS``.
       solver: a name in ``flowgen.solvers.SOLVERS`` or a Solver instance; ``solver_options`` go to its constructor.
-      grid: a grid kind ("uniform", "logsnr", "edm"; default per solver) used with ``num_steps`` (and optional
+      grid: a grid kind (``flowgen.solvers.grids.GRIDS``; default per solver) used with ``num_steps`` (and optional
         ``t_start``/``t_end``, default the path's [t_min, t_max]; ``rho`` for "edm"), or an increasing array of times.
       noise: standard normal noise of shape (batch, ...); or ``key`` and ``shape`` to draw it. Stochastic solvers
         need ``key`` (split from the noise key when noise is drawn here).

@@ -76,7 +76,9 @@ class ToySource(Source):
             raise ValueError(f"source.name={self.dataset!r} is not Gaussian: the path must start at the source "
                              f"(α(0) = 0, σ(0) = 1), but {path!r} has α(0) = {a0:.3g}, σ(0) = {s0:.3g}; use path "
                              "'linear' or 'trig', or source 'gaussian'")
-        if target == "score":
+        from flowgen.paths.targets import get_target
+
+        if get_target(target).needs_gaussian_source:
             raise ValueError(f"loss.target='score' is −x₀/σ, a score only for a Gaussian source; with source "
                              f"{self.dataset!r} use 'velocity', 'data' or 'noise'")
 
@@ -97,7 +99,7 @@ def get_source(name: str, **kwargs) -> Source:
         return Gaussian()
     if name in toy.TOY_DATASETS:
         return ToySource(name, tuple(sorted(kwargs.items())))
-    raise ValueError(f"source.name={name!r} is not one of: {', '.join(source_names())}")
+    raise ValueError(f"unknown source {name!r}; valid sources: {', '.join(source_names())}")
 
 
 #: The default source, N(0, I).

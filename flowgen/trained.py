@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Any
 
@@ -51,14 +50,10 @@ class TrainedModel:
 
 
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
-    """The run's ``config.json`` (written by the training loop) as a ConfigDict, upgraded to this version's keys."""
+    """The run's ``config.json`` as a ConfigDict, upgraded to this version's keys (``flowgen.train.config``)."""
     from flowgen.train import config as config_lib
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a flowgen training workdir")
-    with open(path) as f:
-        return config_lib.upgrade(json.load(f))
+    return config_lib.saved_config(workdir)
 
 
 def load_model(workdir: str | os.PathLike, params: str = "ema", step: int | None = None) -> TrainedModel:

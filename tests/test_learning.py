@@ -31,22 +31,13 @@ N = 1000
 
 def toy_config(**overrides):
     c = base_config()
-    c.data.name = "8gaussians"
-    c.data.batch_size = 256
     c.model.kwargs = {"hidden": 128, "depth": 3}
-    c.optim.lr = 2e-3
     c.ema.decays = (0.99,)
-    c.train.num_steps = 1500
-    c.train.log_every = 500
-    c.train.checkpoint_every = 1500
-    c.train.sample_every = 0
-    c.sample.solver, c.sample.num_steps = "heun", 32
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    c.update_from_flattened_dict({
+        "data.name": "8gaussians", "data.batch_size": 256, "optim.lr": 2e-3, "train.num_steps": 1500,
+        "train.log_every": 500, "train.checkpoint_every": 1500, "train.sample_every": 0, "sample.solver": "heun",
+        "sample.num_steps": 32})
+    c.update_from_flattened_dict(overrides)
     return c
 
 

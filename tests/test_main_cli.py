@@ -49,6 +49,18 @@ BAD = [
     ([TOY, "positional"], ["unexpected arguments ['positional']"]),
     ([TOY, "--config.sample.guidance=2.0"], ["sample.guidance=2.0", "class-conditional"]),
     ([TOY, "--distributed", "--coordinator=127.0.0.1:1"], ["--distributed", "--coordinator", "not both"]),
+    ([TOY, "--config.method.name=meanflw"], ["method.name='meanflw' is not one of", "flow_matching"]),
+    ([TOY, "--config.source.name=moon"], ["unknown source 'moon'", "gaussian", "moons"]),
+    ([TOY, "--config.source.name=moons", "--config.path.name=vp_linear"], ["source.name='moons'", "α(0) = 0"]),
+    ([TOY, "--config.source.name=moons", "--config.loss.target=score"], ["score", "Gaussian source"]),
+    ([TOY, "--config.loss.coupling=given"], ["loss.coupling='given'", "data.name='pairs'"]),
+    ([TOY, "--config.data.name=pairs"], ["data.name='pairs' needs data.kwargs.file"]),
+    ([TOY, "--config.method.name=pseudo_huber", "--config.loss.weighting=snr"], ["pseudo_huber", "uniform"]),
+    ([TOY, "--config.model.kwargs.hidden=0"], ["model.kwargs", "hidden must be an integer >= 2; got 0"]),
+    ([TOY, "--config.model.kwargs.depth=-1"], ["model.kwargs", "depth must be an integer >= 1; got -1"]),
+    ([TOY, "--mode=sweep"], ["--mode=sweep takes a sweep config", "experiments/digits_nfe.py"]),
+    (["--mode=sweep"], ["--mode=sweep takes a sweep config"]),
+    ([TOY, "--config.optim.zzzzz=1"], ["unknown key 'optim.zzzzz'. Keys of optim: b1"]),
 ]
 
 
@@ -151,3 +163,15 @@ def test_real_command_line_refuses_cleanly(args, message, tmp_path):
     assert res.stderr.startswith("error: ") and message in res.stderr and "Traceback" not in res.stdout + res.stderr
     assert len(res.stderr.splitlines()) <= 3, res.stderr
     assert not (tmp_path / "w" / "metrics.jsonl").exists()
+
+
+def test_describe_builds_without_data_or_training_and_ends_with_the_parameter_count(tmp_path, capsys):
+    """--mode=describe: no workdir, no data read (CIFAR-10 is not prepared here), nothing compiled or written."""
+    code, out, err, _ = run_cli(["--mode=describe", "--config=configs/cifar10_edm.py"], tmp_path, capsys,
+                                with_workdir=False)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[-1] == "parameters: 55732739"
+    flops = [x for x in lines if x.startswith("training step:")]
+    assert flops and "FLOPs" in flops[0] and "batch 512" in flops[0]
+    assert not any(tmp_path.iterdir())

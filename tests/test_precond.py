@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import flowgen as fg
-from flowgen.networks.precond import edm_coefficients, edm_precondition, edm_training_target
+from flowgen.paths.precond import edm_coefficients, edm_precondition, edm_training_target
 
 pytestmark = pytest.mark.usefixtures("x64")
 

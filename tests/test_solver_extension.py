@@ -26,7 +26,7 @@ need to know is on the class (name, order, calls per step from the tableau, ``de
 
     x, info = fg.sample(model, "linear", solver="ralston3", num_steps=16, key=key, shape=(512, 2))
     # info["nfe"] == 48: three model calls per step, measured
-    # python -m experiments.analytic_sweep --solvers ralston3,heun,rk4 --paths linear  (in the same process)
+    # and swept by naming it in a sweep config's solvers (flowgen.sweep; e.g. experiments/analytic_sweep.py)
 
 A solver that is not a Runge–Kutta tableau subclasses ``fg.solvers.Solver`` and implements ``step`` (and ``init``
 for multistep state) or ``solve`` (adaptive); see ``flowgen/solvers/base.py``. Requirements on the path or target
@@ -36,13 +36,10 @@ A variant of an existing solver under a new name (say an EDM sampler with S_chur
 and inherits what it knows: its default grid, being adaptive, its checks.
 
 The tests below run these examples: the new solver samples through ``fg.sample`` with measured NFE, converges at
-its order, and is swept by ``experiments.analytic_sweep`` without touching any other file.
+its order, and is swept by ``flowgen.sweep`` (measured NFE, fitted order) without touching any other file.
 """
 
 import dataclasses
-import json
-import sys
-from pathlib import Path
 from typing import ClassVar
 
 import jax
@@ -51,9 +48,7 @@ import numpy as np
 import pytest
 
 import flowgen as fg
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments import analytic_sweep as sweep  # noqa: E402
+from flowgen.sweep import runner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,27 +82,19 @@ def test_new_solver_samples_at_its_order(registered, x64):
 
 
 def test_new_solver_is_swept_without_touching_other_files(registered, tmp_path):
-    out = sweep.main(["--paths", "linear", "--solvers", "ralston3", "--steps", "8,16,32", "--num-samples", "64",
-                      "--no-plot", "--out", str(tmp_path)])
-    info = json.loads((out / "results.json").read_text())
-    rows = info["rows"]
-    assert [(r["solver"], r["steps"], r["nfe"], r["grid"]) for r in rows] == [
+    config = {"models": {"lin": {"analytic": "circle", "path": "linear", "target": "velocity"}},
+              "solvers": ("ralston3",), "nfe": (24, 48, 96), "metrics": ("ode_error",), "num_samples": 64,
+              "dtype": "float64"}
+    result = runner.run(config, str(tmp_path), progress=False)
+    assert [(r["solver"], r["steps"], r["nfe"], r["grid"]) for r in result["rows"]] == [
         ("ralston3", n, 3 * n, "uniform") for n in (8, 16, 32)]
-    [order] = info["convergence_orders"]
-    assert 2.5 < order["order"] < 3.5, order
-
-
-def test_default_step_counts_come_from_the_solver(registered):
-    """Without --steps, the sweep picks step counts from ``calls_per_step`` (3 here) to span the NFE range."""
-    configs = sweep.make_configs(sweep.parse_args(["--paths", "linear", "--solvers", "ralston3,dopri5",
-                                                   "--max-nfe", "100", "--tolerances", "1e-3,1e-4"]))
-    assert [c.steps for c in configs if c.spec.name == "ralston3"] == [1, 2, 4, 8, 16, 32]
-    assert [(c.steps, c.solver().rtol) for c in configs if c.spec.name == "dopri5"] == [(None, 1e-3), (None, 1e-4)]
+    [order] = result["orders"]["ode_error"].values()
+    assert 2.5 < order < 3.5, order
 
 
 @dataclasses.dataclass(frozen=True)
 class LooseDopri5(fg.solvers.Dopri5):
-    """A variant under its own name: it inherits being adaptive (no num_steps, swept over tolerances)."""
+    """A variant under its own name: it inherits being adaptive (no num_steps; no NFE budget in a sweep)."""
 
     name: ClassVar[str] = "dopri5_loose"
     rtol: float = 1e-3
@@ -138,6 +125,4 @@ def test_variants_under_new_names_inherit_what_their_solver_knows(monkeypatch):
     with pytest.raises(ValueError, match=r"needs α\(t\) > 0"):
         fg.sample(model, path, target="data", solver="edm_churn", num_steps=6, grid="uniform", noise=z,
                   key=jax.random.key(1))
-    configs = sweep.make_configs(sweep.parse_args(["--paths", "linear", "--solvers", "dopri5_loose",
-                                                   "--tolerances", "1e-3,1e-4"]))
-    assert [(c.steps, c.solver().rtol, c.solver().atol) for c in configs] == [(None, 1e-3, 1e-3), (None, 1e-4, 1e-4)]
+    assert fg.solvers.get("dopri5_loose").adaptive                           # an NFE sweep refuses it

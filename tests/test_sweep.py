@@ -44,10 +44,23 @@ def tiny(**overrides):
     ({"seed": 3}, r"unknown sweep config keys \['seed'\]; valid keys: models, solvers"),
     ({"models": {"m": {"analytic": "moons"}}}, r"data 'moons' is not one of"),
     ({"models": {"m": {"workdir": "/nonexistent/run"}}}, r"workdir '/nonexistent/run' does not exist"),
+    ({"models": {"m": {"workdir": "/tmp"}}}, r"'/tmp' is not a flowgen training workdir \(no config.json\)"),
+    ({"data": {}, "model": {}, "optim": {}}, r"--mode=sweep takes a sweep config .* this is a training config"),
 ])
 def test_bad_configs_are_refused_before_anything_runs(tmp_path, overrides, message):
+    config = overrides if "data" in overrides else tiny(**overrides)
     with pytest.raises(ValueError, match=message):
-        runner.run(tiny(**overrides), str(tmp_path / "out"), progress=False)
+        runner.run(config, str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_workdir_without_a_checkpoint_is_refused_before_anything_runs(tmp_path):
+    """config.json but no checkpoint (a run that never saved): one message, and no cells/ folder."""
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="has no checkpoint yet; train it first"):
+        runner.run(tiny(models={"m": {"workdir": str(run_dir)}}), str(tmp_path / "out"), progress=False)
     assert not (tmp_path / "out").exists()
 
 

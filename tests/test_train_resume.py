@@ -138,7 +138,7 @@ def test_sample_mode_draws_once_and_never_overwrites(workdir, monkeypatch):
         assert z["samples"].shape == (64, 2) and int(z["step"]) == 10 and str(z["solver"]) == "heun"
         nfe = int(z["nfe"])
     assert nfe == out["sample/nfe"] and 4 <= nfe <= 8  # measured: Heun makes 1 or 2 calls per step
-    stem = f"sample_step0000010_heun_4steps_nfe{nfe}_gnone"  # no guidance (unconditional model)
+    stem = f"sample_step0000010_ema_heun_4steps_uniform_nfe{nfe}_gnone"  # no guidance (unconditional model)
     assert out["png"] == str(workdir / "samples" / f"{stem}.png")
     assert out["npz"] == str(workdir / "samples" / f"{stem}.npz")
     assert (workdir / "samples" / "step_0000010.png").read_bytes() == training_png  # training's grid untouched
@@ -149,6 +149,16 @@ def test_sample_mode_draws_once_and_never_overwrites(workdir, monkeypatch):
     with pytest.raises(sample_mode.SamplesExistError, match=stem):
         sample_mode.sample_from_checkpoint(toy_config(), str(workdir))
     assert snapshot(workdir / "samples") == before and len(calls) == 1
+
+    # Another grid or other parameters are other samples: new files, the first ones untouched (issue: the name
+    # used to omit both, so these were refused as "exist already").
+    monkeypatch.undo()
+    for key, value in (("grid", "logsnr"), ("ema", "params")):
+        config = toy_config()
+        config.sample[key] = value
+        other = sample_mode.sample_from_checkpoint(config, str(workdir))
+        assert f"_{value}_" in other["npz"] and other["npz"] != out["npz"]
+    assert {p: q for p, q in snapshot(workdir / "samples").items() if p in before} == before
 
 
 def test_a_failure_while_sampling_keeps_that_steps_checkpoint(tmp_path, monkeypatch):

@@ -17,10 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+#: Dimension of the Inception pool features; fewer images than this give a singular covariance.
+FEATURES = 2048
 
 
 def _psd_eigenvalues_floor(w: np.ndarray) -> np.ndarray:
@@ -269,7 +273,9 @@ def _load_input(path: str):
         else:
             raise ValueError(f"{path}: no 'images' key and several arrays {data.files}; cannot tell which to use")
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"{path}: images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}")
+        hint = (" (floats in [-1, 1] become uint8 by np.clip(np.round((x + 1) * 127.5), 0, 255).astype(np.uint8))"
+                if np.issubdtype(images.dtype, np.floating) else "")
+        raise ValueError(f"{path}: images must be uint8 (N, H, W, 3); got {images.dtype} {images.shape}{hint}")
     return None, images
 
 
@@ -288,15 +294,23 @@ def main(argv=None) -> int:
     parser.add_argument("--save-stats", nargs=2, metavar=("A_OUT", "B_OUT"), default=None,
                         help="also write each side's statistics (.npz, never overwriting)")
     args = parser.parse_args(argv)
-    loaded = [_load_input(p) for p in (args.a, args.b)]
-    params, sha = None, None
+    try:
+        loaded = [_load_input(p) for p in (args.a, args.b)]
+        params, sha = None, None
+        if any(st is None for st, _ in loaded):
+            weights = inception_weights.fetch() if args.weights is None else args.weights
+            sha = inception_weights.sha256(weights)
+            params = inception.load_params(weights)
+    except (ValueError, OSError, inception_weights.WeightsUnavailable) as e:   # one message, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     stats = []
     for path, (st, images) in zip((args.a, args.b), loaded, strict=True):
         if st is None:
-            if params is None:
-                weights = inception_weights.fetch() if args.weights is None else args.weights
-                sha = inception_weights.sha256(weights)
-                params = inception.load_params(weights)
+            if len(images) < FEATURES:
+                print(f"warning: {path} has {len(images)} images, fewer than the {FEATURES} feature dimensions: its "
+                      "covariance is singular and the FID is biased upwards; FID is meaningful from ~10,000 images "
+                      "(50,000 is the standard)", file=sys.stderr)
             st = inception_stats(images, params, args.resize, args.batch_size, source=os.path.basename(path),
                                  weights_sha256=sha)
         stats.append(st)
@@ -314,6 +328,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    import sys
-
     sys.exit(main())

@@ -43,11 +43,12 @@ from flowgen import paths as paths_lib
 from flowgen import solvers as solvers_lib
 from flowgen.paths import targets as targets_lib
 from flowgen.paths.schedules import Path
-from flowgen.solvers.base import Context, integrate
+from flowgen.solvers.base import Context
 
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
-SOLVERS = ("euler", "midpoint", "heun", "rk4", "dopri5")  # the solvers that only ask the Context for velocities
+#: The solvers that integrate any vector field (``Solver.velocity_only``): the augmented ODE (x, log p) is no path.
+SOLVERS = tuple(name for name, cls in solvers_lib.SOLVERS.items() if cls.velocity_only)
 
 
 def divergence_exact(fn: Callable[[jax.Array], jax.Array], x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -91,7 +92,8 @@ def _check(path, target, x, divergence, probe, num_probes, key, solver, num_step
             raise ValueError("divergence='hutchinson' needs key= (a jax.random key) to draw its probes")
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}")
-    if solver != "dopri5" and (isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1):
+    steps_ok = not isinstance(num_steps, bool) and isinstance(num_steps, int) and num_steps >= 1
+    if not solvers_lib.SOLVERS[solver].adaptive and not steps_ok:
         raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}")
     targets_lib.check_target(target)
     if x.ndim < 2 or x.shape[0] < 1:
@@ -146,11 +148,12 @@ def log_likelihood(
     t_start = path.t_min if t_start is None else float(t_start)
     t_end = path.t_max if t_end is None else float(t_end)
     _check(path, target, x_data, divergence, probe, num_probes, key, solver, num_steps, t_start, t_end)
-    solver_obj = solvers_lib.get(solver, rtol=rtol, atol=atol) if solver == "dopri5" else solvers_lib.get(solver)
+    adaptive = solvers_lib.SOLVERS[solver].adaptive
+    solver_obj = solvers_lib.get(solver, rtol=rtol, atol=atol) if adaptive else solvers_lib.get(solver)
     if key is None:
         key = jax.random.key(0)
     z, delta, info = _integrate(model, path, target, solver_obj, divergence, probe, num_probes,
-                                num_steps if solver != "dopri5" else 1, t_start, t_end, params is not None,
+                                1 if adaptive else num_steps, t_start, t_end, params is not None,
                                 x_data, params, key)
     prior = path.prior_log_prob(z, t_start) if prior_log_prob is None else prior_log_prob(z)
     prior = jnp.asarray(prior, x_data.dtype)
@@ -168,9 +171,7 @@ def _integrate(model, path, target, solver, divergence, probe, num_probes, num_s
         x = x_flat.reshape(shape)
         t_batch = jnp.broadcast_to(jnp.asarray(t, dtype), (batch,))
         pred = (model(params, x, t_batch) if has_params else model(x, t_batch)).astype(dtype)
-        if target != "velocity":
-            c = path.coefficients(jnp.asarray(t, dtype))
-            pred = targets_lib.from_denoised("velocity", targets_lib.to_denoised(target, pred, x, c), x, c)
+        pred = targets_lib.get_target(target).velocity(pred, x, path.coefficients(jnp.asarray(t, dtype)))
         return pred.reshape(batch, dim)
 
     probes = make_probes(key, probe, (num_probes, batch, dim), dtype) if divergence == "hutchinson" else None
@@ -186,10 +187,7 @@ def _integrate(model, path, target, solver, divergence, probe, num_probes, num_s
     ctx = Context(path, "velocity", reversed_field)  # a velocity "model" of the augmented state: no conversion
     y0 = jnp.concatenate([x_data.reshape(batch, dim), jnp.zeros((batch, 1), dtype)], axis=1)
     grid = jnp.linspace(0.0, t_end - t_start, num_steps + 1, dtype=dtype)
-    if solver.name == "dopri5":
-        y, info = solver.solve(ctx, y0, grid, None)
-    else:
-        y, info = integrate(solver, ctx, y0, grid, None)
+    y, info = solver.solve(ctx, y0, grid, None)
     return y[:, :dim].reshape(shape), y[:, dim], info
 
 

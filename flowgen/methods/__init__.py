@@ -10,7 +10,8 @@
 ``build(name, path=..., source=..., num_classes=..., **options)`` checks the options and builds the method.
 """
 
-from flowgen.methods.base import Method, method_options
+from flowgen import options
+from flowgen.methods.base import Method
 from flowgen.methods.flow_matching import FlowMatching
 from flowgen.methods.meanflow import MeanFlow
 from flowgen.methods.pseudo_huber import PseudoHuberFlowMatching
@@ -22,11 +23,7 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (FlowMatching, PseudoHube
 
 def build(name: str, **kwargs) -> Method:
     """The method ``name`` with ``kwargs`` (path, source, num_classes and its own options), every option checked."""
-    if name not in METHODS:
-        raise ValueError(f"method.name={name!r} is not one of: {', '.join(METHODS)}")
-    cls = METHODS[name]
-    method_options(cls, {k: v for k, v in kwargs.items() if k not in ("path", "source", "num_classes")}, "config")
-    return cls(**kwargs)
+    return options.build(METHODS, name, "method", kwargs, hidden=("path", "source", "num_classes"))
 
 
 __all__ = ["METHODS", "FlowMatching", "MeanFlow", "Method", "PseudoHuberFlowMatching", "Shortcut", "build"]

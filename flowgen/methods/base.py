@@ -61,12 +61,3 @@ class Method:
             kwargs.update(guidance=guidance, null_cond=null_cond)
         return fg.sample(apply, self.path, target=self.prediction, solver=solver, num_steps=num_steps, grid=grid,
                          key=key, noise=noise, params=params, **kwargs)
-
-
-def method_options(cls, kwargs: dict, where: str) -> None:
-    """Refuse keyword arguments ``cls`` does not take, naming them and the valid ones (before construction)."""
-    valid = [f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("path", "source", "num_classes")]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"{where}: method {cls.name!r} takes no option(s) {', '.join(unknown)}; its options: "
-                         f"{', '.join(valid) or 'none'}")

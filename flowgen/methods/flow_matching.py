@@ -8,7 +8,7 @@ For data x_data, a source sample x₀ paired with it by a coupling, t from a tim
 with T the prediction target (velocity: flow matching, Lipman et al. 2023 / Liu et al. 2023; noise: DDPM, Ho et al.
 2020; data: EDM, Karras et al. 2022; v; score) and w_T a weighting (``flowgen.losses``). The network's output is
 the target itself, so any solver of ``fg.sample`` samples it on its path (``prediction = target``). EDM's
-preconditioning, when the run asks for it, wraps the network (``flowgen.networks.precond``) and leaves this loss as
+preconditioning, when the run asks for it, wraps the network (``flowgen.paths.precond``) and leaves this loss as
 it is (target ``data``).
 
 Options (``config.loss``): target, weighting, time_sampler, time_sampler_options, coupling, label_dropout.

@@ -53,7 +53,8 @@ class PseudoHuberFlowMatching(FlowMatching):
             goal = jax.lax.stop_gradient(target_from_pair(self.target, self.path, x_data, noise, t))
             cond = batch.get("label") if self.num_classes else None
             err = jnp.reshape(apply(params, x_t, t, cond, k_model) - goal, (x_data.shape[0], -1))
-            dist = jnp.sqrt(jnp.sum(err**2, axis=1) + self.c**2) - self.c
+            sq = jnp.sum(err**2, axis=1)
+            dist = sq / (jnp.sqrt(sq + self.c**2) + self.c)      # = sqrt(‖e‖² + c²) − c, without cancellation
             value = jnp.mean(dist)
             return value, {"loss": value, "mse": jnp.mean(err**2)}
 

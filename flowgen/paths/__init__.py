@@ -36,16 +36,9 @@ def get(name: str | Path, **kwargs) -> Path:
         if kwargs:
             raise ValueError(f"keyword arguments {sorted(kwargs)} given with a Path instance {name!r}")
         return name
-    if name not in PATHS:
-        raise ValueError(f"unknown path {name!r}; valid paths: {', '.join(PATHS)}")
-    cls = PATHS[name]
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        import dataclasses
+    from flowgen import options
 
-        fields = [f.name for f in dataclasses.fields(cls)]
-        raise ValueError(f"bad arguments {kwargs} for path {name!r}; its fields are {fields}") from e
+    return options.build(PATHS, name, "path", kwargs)
 
 
 __all__ = [

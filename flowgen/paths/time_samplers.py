@@ -125,14 +125,11 @@ def get_time_sampler(name: str | TimeSampler, path: Path, **kwargs) -> TimeSampl
     """A time sampler by name on ``path``'s interval (override with t_min/t_max); instances pass through."""
     if isinstance(name, TimeSampler):
         return name
-    if name not in TIME_SAMPLERS:
-        raise ValueError(f"unknown time sampler {name!r}; valid time samplers: {', '.join(TIME_SAMPLERS)}")
-    cls = TIME_SAMPLERS[name]
+    from flowgen import options
+
+    cls = options.choose(TIME_SAMPLERS, name, "time sampler")
+    options.check_options(cls, kwargs, f"time sampler {name!r}", hidden=("path",))
     kwargs = {"t_min": path.t_min, "t_max": path.t_max, **kwargs}
-    if cls is EDMLogNormal:
+    if "path" in options.options_of(cls):
         kwargs["path"] = path
-    valid = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(kwargs) - set(valid))
-    if unknown:
-        raise ValueError(f"unknown options {unknown} for time sampler {name!r}; its options are {valid}")
     return cls(**kwargs)

@@ -11,8 +11,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
+from flowgen import options
 from flowgen.solvers import grids
 from flowgen.solvers.adaptive import Dopri5
 from flowgen.solvers.base import Context, Solver, integrate
@@ -35,14 +34,7 @@ def get(name: str | Solver, **kwargs) -> Solver:
             raise ValueError(f"solver options {sorted(kwargs)} given with a Solver instance {name!r}")
         solver = name
     else:
-        if name not in SOLVERS:
-            raise ValueError(f"unknown solver {name!r}; valid solvers: {', '.join(SOLVERS)}")
-        cls = SOLVERS[name]
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(kwargs) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown options {unknown} for solver {name!r}; its options are {valid or 'none'}")
-        solver = cls(**kwargs)
+        solver = options.build(SOLVERS, name, "solver", kwargs)
     solver.check()
     return solver
 

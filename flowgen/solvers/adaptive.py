@@ -53,6 +53,7 @@ class Dopri5(Solver):
     order: ClassVar[int] = 5
     evaluates_at_step_end: ClassVar[bool] = True
     adaptive: ClassVar[bool] = True
+    velocity_only: ClassVar[bool] = True
     calls_per_step: ClassVar[int] = 6
     rtol: float = 1e-5
     atol: float = 1e-5

@@ -66,11 +66,7 @@ class Context:
 
     def velocity(self, x: jax.Array, t) -> jax.Array:
         """Probability-flow velocity u = α̇·x̂ + σ̇·ε̂ from one model call (no conversion for velocity models)."""
-        pred = self.predict(x, t)
-        if self.target == "velocity":
-            return self._cast(pred)
-        c = self.coefficients(t)
-        return self._cast(targets_lib.from_denoised("velocity", targets_lib.to_denoised(self.target, pred, x, c), x, c))
+        return self._cast(targets_lib.get_target(self.target).velocity(self.predict(x, t), x, self.coefficients(t)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +74,15 @@ class Solver:
     """Base class. Subclasses set ``name``, ``order`` and implement ``step`` (and ``init`` if they keep state).
 
     Class-level knowledge (override where the default is wrong for a solver):
-      default_grid            grid kind used when only ``num_steps`` is given ("uniform", "logsnr", "edm")
+      default_grid            grid kind used when only ``num_steps`` is given (one of ``grids.GRIDS``: "uniform",
+                              "logsnr", "edm", or "logsnr_or_uniform", which is logsnr unless σ(t_end) = 0)
       adaptive                True if the solver chooses its own steps (needs no ``num_steps``, ignores interior
                               grid times, and is swept over tolerances with ``with_tolerance``)
       min_steps               the fewest steps the solver accepts
       stochastic              True if it draws noise (``fg.sample`` then needs a key)
       evaluates_at_step_end   True if a step may call the model at its end time t1 (Heun, RK4, correctors ...)
+      velocity_only           True if a step asks the Context only for velocities: a general ODE solver, usable on
+                              any vector field (e.g. the likelihood's augmented ODE), not only on a path
       calls_per_step          model calls one step is designed to make (only to choose step counts for sweeps;
                               NFE is always measured)
     """
@@ -95,6 +94,7 @@ class Solver:
     default_grid: ClassVar[str] = "uniform"
     adaptive: ClassVar[bool] = False
     min_steps: ClassVar[int] = 1
+    velocity_only: ClassVar[bool] = False
 
     @property
     def calls_per_step(self) -> int:

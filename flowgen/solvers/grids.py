@@ -4,10 +4,29 @@
     logsnr    uniform in λ = log(α/σ) (DPM-Solver's "logSNR" spacing; Lu et al. 2022)
     edm       Karras et al. 2022, eq. (5), in EDM's noise level σ_EDM = σ/α:
               σ_i = (σ_max^(1/ρ) + i/(N−1)·(σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ for i < N, and σ_N = 0;  ρ = 7
+    logsnr_or_uniform
+              logsnr where λ is finite at the end; where σ(t_end) = 0 (linear, trig), uniform in t from the
+              logsnr grid's start to t_end (the default of the data-prediction multistep solvers, see below)
 
 An end where λ is infinite (α = 0 at the start, σ = 0 at the end) cannot be spaced in λ or σ_EDM. There the grid
 uses EDM's range instead: the start moves to σ_EDM = 80 and, at an end with σ = 0, N − 1 steps are spaced down to
 σ_EDM = 0.002 and the exact end is appended (EDM's final step to σ = 0).
+
+Why ``logsnr_or_uniform``: on a path whose σ reaches 0 the last λ-interval is infinite, so a λ-spaced grid must clip
+it (here at σ_EDM = 0.002) and spends its N − 1 finite steps over λ ∈ [−4.4, 6.2]. At few steps the points land
+where the sample is already data: with 2 steps on the linear path the logsnr grid is [0.0123, 0.998, 1], and the
+second model call is wasted. Time-uniform grids are what flow-model codes use (diffusers' and Wan's flow schedulers
+space σ = 1 − t uniformly, optionally shifted). Measured on the exact 8-Gaussian mixture (float64, 256 samples, rms
+error against a dopri5 solve at rtol = atol = 1e-11 from the same start), linear path, at 2 / 4 / 8 steps:
+
+    dpmpp_2m   logsnr 2.78 / 0.745 / 0.405     uniform in t from 1/81: 0.877 / 0.184 / 0.055
+    dpmpp_3m   logsnr 2.78 / 0.745 / 0.433                             0.877 / 0.184 / 0.106
+    unipc      logsnr 2.78 / 8.24  / 1.80                              0.877 / 0.512 / 0.100
+
+(the trig path and logSNR-uniform grids that drop the last finite point instead of clipping it: docs/solvers.md).
+Starting at t = 0 instead of at σ_EDM = 80 (t = 1/81 on the linear path) is mixed (dpmpp_2m 0.926 /
+0.256 / 0.073, worse; unipc 0.926 / 0.246 / 0.062, better) and would refuse noise- and score-prediction models, whose x̂
+is undefined where α = 0.
 """
 
 from __future__ import annotations
@@ -18,7 +37,7 @@ import numpy as np
 
 from flowgen.paths.schedules import Path, host_eval
 
-GRIDS = ("uniform", "logsnr", "edm")
+GRIDS = ("uniform", "logsnr", "edm", "logsnr_or_uniform")
 EDM_SIGMA_MIN = 0.002
 EDM_SIGMA_MAX = 80.0
 
@@ -66,6 +85,19 @@ def logsnr(path: Path, num_steps: int, t_start: float, t_end: float) -> np.ndarr
     return _from_log_snr(path, lams, t_start, t_end, start_exact, append_end)
 
 
+def logsnr_or_uniform(path: Path, num_steps: int, t_start: float, t_end: float) -> np.ndarray:
+    """``logsnr`` where λ(t_end) is finite; where σ(t_end) = 0, uniform in t between the logsnr grid's ends."""
+    n = _check_num_steps(num_steps)
+    lam0, _, start_exact, append_end = _spaced_ends(path, t_start, t_end)
+    if not append_end:
+        return logsnr(path, n, t_start, t_end)
+    start = t_start if start_exact else float(np.clip(host_eval(path.t_from_log_snr, np.array([lam0]))[0], t_start,
+                                                      t_end))
+    ts = np.linspace(start, t_end, n + 1)
+    ts[-1] = t_end
+    return ts
+
+
 def edm(path: Path, num_steps: int, t_start: float, t_end: float, rho: float = 7.0) -> np.ndarray:
     n = _check_num_steps(num_steps)
     if not rho > 0:
@@ -93,6 +125,8 @@ def make_grid(kind: str, path: Path, num_steps: int, t_start: float | None = Non
         ts = logsnr(path, num_steps, t_start, t_end)
     elif kind == "edm":
         ts = edm(path, num_steps, t_start, t_end, rho)
+    elif kind == "logsnr_or_uniform":
+        ts = logsnr_or_uniform(path, num_steps, t_start, t_end)
     else:
         raise ValueError(f"unknown grid {kind!r}; valid grids: {', '.join(GRIDS)} (or pass an array of times)")
     if not np.all(np.diff(ts) > 0):

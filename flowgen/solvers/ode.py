@@ -30,6 +30,7 @@ class ExplicitRK(Solver):
     a: ClassVar[tuple[tuple[float, ...], ...]] = ()
     b: ClassVar[tuple[float, ...]] = (1.0,)
     c: ClassVar[tuple[float, ...]] = (0.0,)
+    velocity_only: ClassVar[bool] = True
 
     @property
     def calls_per_step(self) -> int:

@@ -14,7 +14,8 @@ p = ``solver_order`` the corrected solution is of order p + 1 in the step size (
 ρᵖ = ½ for p = 2 and ρᶜ = ½ for p = 1, as in the authors' code. The defaults (``variant="bh1"``, ``solver_order=2``,
 ``lower_order_final=True``) are theirs; the order of each step follows ``diffusion.multistep_order``: warm-up
 with orders 1, 2, …, and with ``lower_order_final`` order ≤ steps left at every step count (so the last step is a
-first-order, uncorrected step). A step into σ = 0 (h = ∞) is first order.
+first-order, uncorrected step). A step into σ = 0 (h = ∞) is first order. Default grid: ``"logsnr_or_uniform"``
+(λ-uniform, or time-uniform on paths whose σ reaches 0; see ``diffusion.py``).
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class UniPC(Solver):
     """UniPC multistep predictor–corrector with data prediction (see the module docstring); ``variant`` ∈ VARIANTS."""
 
     name: ClassVar[str] = "unipc"
-    default_grid: ClassVar[str] = "logsnr"
+    default_grid: ClassVar[str] = "logsnr_or_uniform"
     solver_order: int = 2
     lower_order_final: bool = True
     variant: str = "bh1"

@@ -11,7 +11,6 @@ Adding a metric is one class and one entry in ``METRICS``; ``check_fits`` is wha
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import numpy as np
@@ -22,19 +21,20 @@ DIGITS = "flowgen_digits"
 
 
 class Metric:
-    """Base: ``name``, ``data`` (the dataset names it fits), ``reference`` and ``floor``; ``__call__`` scores."""
+    """Base: ``name``, ``data`` (the dataset names it fits), ``reference`` and ``floor``; ``__call__`` scores.
+
+    ``needs_context``: the metric is called as ``metric(samples, context)`` with the cell's ``CellContext``
+    (``flowgen.sweep.runner``: the noise, the model and the grid's ends), e.g. to solve the same ODE accurately.
+    ``fit_order``: the report fits a convergence order (−slope of log metric against log NFE) per solver."""
 
     name = "metric"
     description = ""
+    needs_context = False
+    fit_order = False
 
     @classmethod
     def fits(cls, data_name: str) -> bool:
         raise NotImplementedError
-
-    @classmethod
-    def available(cls) -> str | None:
-        """None if usable in this checkout, else why not."""
-        return None
 
     def __init__(self, data_name: str, num_samples: int):
         self.data_name, self.num_samples = data_name, num_samples
@@ -46,95 +46,50 @@ class Metric:
 
 
 # ----------------------------------------------------------------------------------------------------- digits
+# Adapters of flowgen.evals.digits_fid: the statistics, the distance and the floors live there.
 
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """‖μ₁ − μ₂‖² + tr Σ₁ + tr Σ₂ − 2·tr (Σ₁^½ Σ₂ Σ₁^½)^½ (Dowson & Landau 1982; FID, Heusel et al. 2017).
+class _DigitsDistance(Metric):
+    """A Fréchet distance of ``flowgen.evals.digits_fid`` (its function ``score``, its floor ``floor_of``) to the
+    train split; floor: the test split's own value."""
 
-    The trace term is computed from the eigenvalues of the symmetric PSD matrix Σ₁^½ Σ₂ Σ₁^½, which stays exact
-    when a covariance is singular (the digits' corner pixels never vary), where ``scipy.linalg.sqrtm(Σ₁Σ₂)`` warns.
-    """
-    w, v = np.linalg.eigh(cov1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    middle = root1 @ cov2 @ root1
-    trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)))
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * trace_sqrt)
-
-
-def digits_split(split: str) -> np.ndarray:
-    """The digits of a split as the models see them: (N, 8, 8, 1) float64 in [-1, 1]."""
-    from flowgen.data import digits
-
-    images, _ = digits.digits_images()
-    start, stop = digits.SPLITS[split]
-    return images[start:stop].astype(np.float64) * (2.0 / 255.0) - 1.0
-
-
-def _stats(x: np.ndarray):
-    flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    return flat.mean(0), np.cov(flat, rowvar=False)
-
-
-class PixelFrechet(Metric):
-    """Fréchet distance between Gaussians fitted to the 64 pixels of samples and of the train digits.
-
-    A stand-in for digits-FID (no feature network): sensitive to the first two pixel moments only. Samples are
-    clipped to the data range [-1, 1] first, as images are before they are shown or saved (and as digits-FID
-    does)."""
-
-    name = "pixel_fd"
-    description = "Fréchet distance of 64-D pixel statistics to the train split"
+    score = floor_of = ""
+    space = ""
 
     @classmethod
     def fits(cls, data_name):
         return data_name == DIGITS
 
     def __init__(self, data_name, num_samples):
+        from flowgen.evals import digits_fid
+
         super().__init__(data_name, num_samples)
-        train = digits_split("train")
-        self._mu, self._cov = _stats(train)
-        test = digits_split("test")
-        self.reference = f"train split ({len(train)} digits): pixel mean and covariance"
-        self.floor = self(test)
-        self.floor_note, self.floor_samples = f"the {len(test)} test digits", len(test)
-
-    def __call__(self, samples):
-        samples = np.asarray(samples, np.float64)
-        if not np.all(np.isfinite(samples)):
-            return math.nan
-        return frechet_distance(*_stats(np.clip(samples, -1.0, 1.0)), self._mu, self._cov)
-
-
-class DigitsFID(Metric):
-    """digits-FID: Fréchet distance in the features of a classifier trained on the digits
-    (``flowgen.evals.digits_fid``), against the train split; floor: the test split's own value."""
-
-    name = "digits_fid"
-    description = "digits-FID (classifier features) to the train split"
-    module = "flowgen.evals.digits_fid"
-
-    @classmethod
-    def fits(cls, data_name):
-        return data_name == DIGITS
-
-    @classmethod
-    def available(cls):
-        if importlib.util.find_spec(cls.module) is None:
-            return f"{cls.module} is not in this checkout"
-        return None
-
-    def __init__(self, data_name, num_samples):
-        super().__init__(data_name, num_samples)
-        self._module = importlib.import_module(self.module)
-        self.reference = "train split: classifier-feature mean and covariance"
-        self.floor = float(self._module.floor())
-        self.floor_samples = int(getattr(self._module, "FLOOR_SAMPLES", 297))
+        self.reference = f"train split ({len(digits_fid.split_images('train')[0])} digits): {self.space} mean and " \
+                         "covariance"
+        self.floor = float(getattr(digits_fid, self.floor_of)())
+        self.floor_samples = digits_fid.FLOOR_SAMPLES
         self.floor_note = f"the {self.floor_samples} test digits"
 
     def __call__(self, samples):
-        samples = np.asarray(samples, np.float32)
-        if not np.all(np.isfinite(samples)):
-            return math.nan
-        return float(self._module.digits_fid(samples))
+        from flowgen.evals import digits_fid
+
+        return float(getattr(digits_fid, self.score)(np.asarray(samples, np.float32)))
+
+
+class PixelFrechet(_DigitsDistance):
+    """Fréchet distance between Gaussians fitted to the 64 pixels (clipped to [-1, 1]) of samples and of the train
+    digits: a stand-in for digits-FID with no feature network, sensitive to the first two pixel moments only."""
+
+    name = "pixel_fd"
+    description = "Fréchet distance of 64-D pixel statistics to the train split"
+    score, floor_of, space = "pixel_fid", "pixel_floor", "pixel"
+
+
+class DigitsFID(_DigitsDistance):
+    """digits-FID: Fréchet distance in the features of a classifier trained on the digits."""
+
+    name = "digits_fid"
+    description = "digits-FID (classifier features) to the train split"
+    score, floor_of, space = "digits_fid", "floor", "classifier-feature"
 
 
 # ----------------------------------------------------------------------------------------------------- 2-D
@@ -209,7 +164,43 @@ class NLLGap(Metric):
         return float(nll.mean() - self._true_nll) if np.all(np.isfinite(nll)) else math.nan
 
 
-METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (DigitsFID, PixelFrechet, SlicedW2, NLLGap)}
+# ----------------------------------------------------------------------------------------------------- any model
+
+class ODEError(Metric):
+    """The solver's own error: RMS over all coordinates of x − x_ref, where x_ref is the same model's
+    probability-flow ODE solved from the same start σ(t₀)·noise over the same [t₀, t_N] by dopri5 at
+    rtol = atol = ``REFERENCE_TOL`` (``context.reference()``; one solve per model, seed and interval). NaN for
+    stochastic solvers (they solve no ODE). Use ``dtype = "float64"`` in the sweep config to resolve errors below
+    float32's ~1e-6. Floor: none (0 is exact); the report fits convergence orders."""
+
+    name = "ode_error"
+    description = "RMS distance to the same ODE solved by dopri5 at rtol = atol = 1e-10 (float32: 1e-6)"
+    needs_context = True
+    fit_order = True
+
+    @classmethod
+    def fits(cls, data_name):
+        return True
+
+    def __init__(self, data_name, num_samples):
+        super().__init__(data_name, num_samples)
+        self.reference = "the same ODE from the same noise, dopri5"
+        self.floor_note = "none: 0 is exact"
+
+    def __call__(self, samples, context):
+        if context.stochastic:
+            return math.nan
+        reference = context.reference()
+        diff = np.asarray(samples, np.float64) - np.asarray(reference, np.float64)
+        return float(np.sqrt(np.mean(diff**2)))
+
+
+METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (DigitsFID, PixelFrechet, SlicedW2, NLLGap, ODEError)}
+
+
+def score(metric: Metric, samples, context) -> float:
+    """``metric`` on ``samples``, with the cell's context if it needs one."""
+    return metric(samples, context) if metric.needs_context else metric(samples)
 
 
 def check_fits(metric: str, data_name: str, model: str) -> None:
@@ -221,6 +212,3 @@ def check_fits(metric: str, data_name: str, model: str) -> None:
         fitting = [name for name, c in METRICS.items() if c.fits(data_name)]
         raise ValueError(f"metric {metric!r} does not fit the data {data_name!r} of model {model!r}; metrics for "
                          f"{data_name!r}: {', '.join(fitting) or 'none'}")
-    why = cls.available()
-    if why:
-        raise ValueError(f"metric {metric!r} is not available: {why}")

@@ -61,6 +61,24 @@ def _fmt(v, digits=3):
     return f"{v:.{digits}g}" if isinstance(v, float) else str(v)
 
 
+#: Fitted orders use the budgets whose metric is above this (below it round-off, not the solver, dominates).
+ORDER_FLOOR = {"float64": 1e-10, "float32": 1e-5}
+
+
+def fitted_orders(table: list[dict], name: str, floor: float, points: int = 3) -> dict:
+    """(model, series) -> −slope of log ``name`` against log measured NFE over the ``points`` largest budgets whose
+    value exceeds ``floor`` (None where fewer than 2 remain): the convergence order of a deterministic solver."""
+    out = {}
+    for model, series in dict.fromkeys((r["model"], r["series"]) for r in table):
+        pts = sorted((r["nfe"], r[f"{name}_mean"]) for r in table
+                     if (r["model"], r["series"]) == (model, series) and r["status"] == "done"
+                     and isinstance(r["nfe"], int) and np.isfinite(r[f"{name}_mean"]) and r[f"{name}_mean"] > floor)
+        pts = pts[-points:]
+        out[(model, series)] = None if len(pts) < 2 else float(
+            -np.polyfit(np.log([p[0] for p in pts]), np.log([p[1] for p in pts]), 1)[0])
+    return out
+
+
 def markdown(spec, table: list[dict], metrics: dict, devices: int) -> str:
     budgets = list(spec.nfe)
     lines = [f"# {spec.title}", "",
@@ -94,6 +112,13 @@ def markdown(spec, table: list[dict], metrics: dict, devices: int) -> str:
                     cells.append(text + (f" ({r['nfe']})" if r["nfe"] != b else ""))
             lines.append(f"| {model} | {series} | {'-' if w is None else w} | " + " | ".join(cells) + " |")
         lines.append("")
+        if any(m.fit_order for (n, _), m in metrics.items() if n == name):
+            floor = ORDER_FLOOR[spec.dtype]
+            lines += [f"Fitted orders of {name} (−slope of log {name} against log NFE over the 3 largest budgets "
+                      f"above {floor:g}):", "", "| model | solver | order |", "|---|---|---|"]
+            lines += [f"| {model} | {series} | {_fmt(order)} |"
+                      for (model, series), order in fitted_orders(table, name, floor).items()]
+            lines.append("")
     lines += ["## Settings per model", "", "| model | data | trained path | sampled path | target | steps per budget "
               "(solver: steps) |", "|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in table):
@@ -203,4 +228,6 @@ def write(workdir: str, spec, rows: list[dict], metrics: dict) -> dict:
             files[f"samples_{model}"] = os.path.join(workdir, f"samples_{model}.png")
             sample_grid(files[f"samples_{model}"], pick["preview"],
                         f"{model}: {pick['series']}, NFE {pick['nfe']}, seed {pick['seed']}")
-    return {"rows": rows, "table": table, "markdown": md, "files": files}
+    orders = {name: fitted_orders(table, name, ORDER_FLOOR[spec.dtype]) for name in spec.metrics
+              if any(m.fit_order for (n, _), m in metrics.items() if n == name)}
+    return {"rows": rows, "table": table, "markdown": md, "files": files, "orders": orders}

@@ -28,7 +28,7 @@ from jax.sharding import NamedSharding
 import flowgen as fg
 from flowgen.sweep import budget, report, store
 from flowgen.sweep import spec as spec_lib
-from flowgen.sweep.metrics import METRICS
+from flowgen.sweep.metrics import METRICS, score
 
 log = logging.getLogger("flowgen")
 
@@ -123,7 +123,7 @@ def plan(spec: spec_lib.SweepSpec, models: dict[str, Ready]) -> list[Cell]:
                     for seed in spec.seeds:
                         identity = {"model": m.name, **models[m.name].identity, "solver": s.label, "nfe_budget": b,
                                     "guidance": w, "seed": seed, "num_samples": spec.num_samples,
-                                    "grid": spec.grid}
+                                    "grid": spec.grid, **({} if spec.dtype == "float32" else {"dtype": spec.dtype})}
                         cells.append(Cell(models[m.name], s, b, w, seed, store.cell_id(identity)))
     return cells
 
@@ -135,31 +135,69 @@ def batch_sharding() -> NamedSharding:
     return sharding_lib.batch_sharding(sharding_lib.make_mesh(1))
 
 
-def generate(cell: Cell, spec: spec_lib.SweepSpec, num_steps: int, sharding: NamedSharding):
-    """Samples (num_samples, *shape) as numpy, the sampler's info, compile and sampling seconds."""
+#: dopri5's rtol = atol for the ``ode_error`` metric's reference solve, by the sweep's dtype.
+REFERENCE_TOL = {"float64": 1e-10, "float32": 1e-6}
+
+
+def _inputs(cell: Cell, spec: spec_lib.SweepSpec, sharding: NamedSharding) -> dict:
+    """The noise of the cell's seed (the same for every solver and budget) and its labels, padded and sharded."""
     m = cell.model.spec
     n = spec.num_samples
     pad = -n % sharding.mesh.size
-    noise = jax.random.normal(jax.random.key(cell.seed), (n, *m.element_shape), jnp.float32)
-    noise = jax.device_put(jnp.concatenate([noise, noise[:pad]]), sharding)
-    kwargs = {}
+    noise = jax.random.normal(jax.random.key(cell.seed), (n, *m.element_shape), jnp.dtype(spec.dtype))
+    kwargs = {"noise": jax.device_put(jnp.concatenate([noise, noise[:pad]]), sharding)}
     if m.num_classes:
         kwargs["cond"] = jax.device_put(jnp.arange(n + pad, dtype=jnp.int32) % m.num_classes, sharding)
         if cell.guidance is not None:
             kwargs.update(guidance=float(cell.guidance), null_cond=m.num_classes)
+    return kwargs
+
+
+@dataclasses.dataclass
+class CellContext:
+    """What a metric with ``needs_context`` may ask of a cell: whether its solver is stochastic, and the reference
+    solve of the same model from the same noise over the same interval (computed once per model, seed, guidance and
+    interval, then cached)."""
+
+    cell: Cell
+    spec: spec_lib.SweepSpec
+    sharding: NamedSharding
+    t_start: float
+    t_end: float
+    stochastic: bool
+    _cache: dict
+
+    def reference(self) -> np.ndarray:
+        c = self.cell
+        key = (c.model.spec.name, c.seed, c.guidance, self.t_start, self.t_end)
+        if key not in self._cache:
+            m = c.model.spec
+            tol = REFERENCE_TOL[self.spec.dtype]
+            x, _ = fg.sample(c.model.fn, m.sample_path, target=m.sample_target, solver="dopri5",
+                             solver_options={"rtol": tol, "atol": tol}, grid=np.array([self.t_start, self.t_end]),
+                             params=c.model.params, **_inputs(c, self.spec, self.sharding))
+            self._cache[key] = np.asarray(x)[:self.spec.num_samples]
+        return self._cache[key]
+
+
+def generate(cell: Cell, spec: spec_lib.SweepSpec, num_steps: int, sharding: NamedSharding):
+    """Samples (num_samples, *shape) as numpy, the sampler's info, compile and sampling seconds."""
+    m = cell.model.spec
+    n = spec.num_samples
     solver = cell.solver.build()
     compiled_before = _compile_seconds[0]
     start = time.perf_counter()
     x, info = fg.sample(cell.model.fn, m.sample_path, target=m.sample_target, solver=solver, grid=spec.grid,
-                        num_steps=num_steps, t_start=m.t_start, t_end=m.t_end, noise=noise,
-                        key=jax.random.fold_in(jax.random.key(cell.seed), 1), params=cell.model.params, **kwargs)
+                        num_steps=num_steps, t_start=m.t_start, t_end=m.t_end,
+                        key=jax.random.fold_in(jax.random.key(cell.seed), 1), params=cell.model.params,
+                        **_inputs(cell, spec, sharding))
     x = np.asarray(jax.block_until_ready(x))[:n]
     wall = time.perf_counter() - start
     compile_seconds = _compile_seconds[0] - compiled_before
     return x, jax.device_get(info), compile_seconds, max(wall - compile_seconds, 0.0)
 
 
-def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: NamedSharding):
+def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: NamedSharding, cache: dict):
     """(record, samples): the cell's JSON record with every metric of ``spec``, and its samples (None if the
     budget is below the solver's minimum NFE)."""
     m = cell.model.spec
@@ -182,17 +220,19 @@ def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: Name
         steps -= 1
         x, info, compile_seconds, sampling_seconds = generate(cell, spec, steps, sharding)
     grid = np.asarray(info["grid"], np.float64)
+    context = CellContext(cell, spec, sharding, float(grid[0]), float(grid[-1]), solver.stochastic, cache)
     record.update(status="done", steps=steps, nfe=int(info["nfe"]), forward_passes=int(info["forward_passes"]),
                   t_start=float(grid[0]), t_end=float(grid[-1]), compile_seconds=compile_seconds,
                   sampling_seconds=sampling_seconds,
-                  metrics={name: metrics[(name, m.data_name)](x) for name in spec.metrics},
+                  metrics={name: score(metrics[(name, m.data_name)], x, context) for name in spec.metrics},
                   preview=np.round(x[:PREVIEW].astype(np.float64), 5).tolist())
     if record["nfe"] > cell.nfe_budget:
         raise RuntimeError(f"cell {cell.id}: measured NFE {record['nfe']} exceeds the budget {cell.nfe_budget}")
     return record, x
 
 
-def add_metrics(record: dict, spec: spec_lib.SweepSpec, metrics: dict, cells_dir: str) -> dict:
+def add_metrics(record: dict, cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, cells_dir: str,
+                sharding: NamedSharding, cache: dict) -> dict:
     """Fill in metrics the record lacks (added to the config after the cell ran) from its saved samples; each is
     written once as a side file, so the cell's own file is never rewritten."""
     for name in spec.metrics:
@@ -204,7 +244,10 @@ def add_metrics(record: dict, spec: spec_lib.SweepSpec, metrics: dict, cells_dir
             samples = store.read_samples(cells_dir, record["id"])
             if samples is None:
                 raise FileNotFoundError(f"cell {record['id']} has no saved samples to score with {name!r}")
-            store.write_once(cells_dir, side, {"metric": name, "value": metrics[(name, record["data"])](samples)})
+            context = CellContext(cell, spec, sharding, record["t_start"], record["t_end"],
+                                  cell.solver.build().stochastic, cache)
+            store.write_once(cells_dir, side, {"metric": name,
+                                               "value": score(metrics[(name, record["data"])], samples, context)})
             found = store.read(cells_dir, side)
         record["metrics"][name] = found["value"]
     return record
@@ -217,27 +260,29 @@ def run(config, workdir: str, progress: bool = True) -> dict:
 
     spec = spec_lib.parse(config)                 # every check before anything is trained, sampled or written
     workdir = os.path.abspath(workdir)
+    _listen_to_compiles()
+    models = {m.name: prepare(m, workdir) for m in spec.models}     # trains or loads: fails before cells/ exists
     cells_dir = os.path.join(workdir, "cells")
     os.makedirs(cells_dir, exist_ok=True)
     store.remove_stray_temporaries(cells_dir)
-    _listen_to_compiles()
-    models = {m.name: prepare(m, workdir) for m in spec.models}
     metrics = {(name, m.data_name): METRICS[name](m.data_name, spec.num_samples)
                for m in spec.models for name in spec.metrics}
     cells = plan(spec, models)
     records = {c.id: store.read(cells_dir, c.id) for c in cells}
     todo = [c for c in cells if records[c.id] is None]
     sharding = batch_sharding()
+    cache: dict = {}
     log.info("%d cells, %d to run, on %d device(s)", len(cells), len(todo), sharding.mesh.size)
-    with tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", desc="sweep", dynamic_ncols=True,
-              disable=not progress) as bar:
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), unit="cell", desc="sweep", dynamic_ncols=True,
+               disable=not progress)
+    with jax.enable_x64(spec.dtype == "float64"), bar:
         for cell in todo:
             bar.set_postfix_str(f"{cell.model.spec.name} {cell.solver.label} nfe<={cell.nfe_budget} seed {cell.seed}")
-            record, samples = run_cell(cell, spec, metrics, sharding)
+            record, samples = run_cell(cell, spec, metrics, sharding, cache)
             if samples is not None:
                 store.write_samples_once(cells_dir, cell.id, samples)
             store.write_once(cells_dir, cell.id, record)
             records[cell.id] = store.read(cells_dir, cell.id)
             bar.update()
-    rows = [add_metrics(records[c.id], spec, metrics, cells_dir) for c in cells]
+        rows = [add_metrics(records[c.id], c, spec, metrics, cells_dir, sharding, cache) for c in cells]
     return report.write(workdir, spec, rows, metrics)

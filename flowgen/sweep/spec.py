@@ -15,6 +15,7 @@
     metrics      names in ``flowgen.sweep.metrics.METRICS`` (each must fit every model's data)
     num_samples  samples per cell and seed
     grid         "" (each solver's default) or a grid kind
+    dtype        "float32" (default) or "float64" (the noise and the sampling; e.g. to resolve ODE errors below 1e-6)
     skip_unreachable   False: a budget below a solver's minimum NFE is an error; True: that cell is reported as
                  unreachable (e.g. Heun's 2 calls on a path that does not end at σ = 0 cannot fit NFE 1)
 
@@ -34,7 +35,8 @@ from flowgen.sweep import budget
 from flowgen.sweep.metrics import check_fits
 
 KEYS = ("models", "solvers", "nfe", "guidance", "seeds", "metrics", "num_samples", "grid", "skip_unreachable",
-        "title")
+        "title", "dtype")
+DTYPES = ("float32", "float64")
 MODEL_KINDS = ("workdir", "train", "analytic")
 MODEL_OPTIONS = ("params", "sample_path", "sample_target", "path", "target", "t_start", "t_end")
 
@@ -87,6 +89,7 @@ class SweepSpec:
     grid: str | None
     skip_unreachable: bool
     title: str
+    dtype: str = "float32"
 
 
 def parse_solver(text: str, allow_adaptive: bool = False) -> SolverSpec:
@@ -128,7 +131,6 @@ def load_training_config(value) -> ml_collections.ConfigDict:
 
 def _model_spec(name: str, entry: dict) -> ModelSpec:
     from flowgen.train import config as config_lib
-    from flowgen.trained import element_shape, saved_config
 
     kinds = [k for k in MODEL_KINDS if k in entry]
     unknown = sorted(set(entry) - set(MODEL_KINDS) - set(MODEL_OPTIONS))
@@ -157,12 +159,18 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
             source = os.path.abspath(entry["workdir"])
             if not os.path.isdir(source):
                 raise ValueError(f"model {name!r}: workdir {source!r} does not exist")
-        cfg = source if kind == "train" else saved_config(source)
+            if not os.path.exists(os.path.join(source, "config.json")):
+                raise ValueError(f"model {name!r}: {source!r} is not a flowgen training workdir (no config.json)")
+            ckpt = os.path.join(source, "checkpoints")
+            if not os.path.isdir(ckpt) or not any(d.isdigit() for d in os.listdir(ckpt)):
+                raise ValueError(f"model {name!r}: workdir {source!r} has no checkpoint yet; train it first "
+                                 f"(python -m flowgen.main --config=... --workdir={source})")
+        cfg = config_lib.upgrade(source) if kind == "train" else config_lib.saved_config(source)
         data = cfg.data.name
-        shape = element_shape(cfg.data)
+        shape = config_lib.element_shape(cfg.data)
         num_classes = cfg.model.num_classes or None
-        path = fg.paths.get(cfg.path.name, **cfg.path.kwargs.to_dict())
-        target = cfg.loss.target
+        method = config_lib.build_method(cfg)
+        path, target = method.path, method.prediction
     sample_path, t_start, t_end = path, None, None
     if entry.get("sample_path"):
         from flowgen.paths.transform import matching_interval
@@ -190,6 +198,10 @@ def _ints(values, key: str, minimum: int) -> tuple[int, ...]:
 def parse(config) -> SweepSpec:
     """Read and check a sweep config (ConfigDict or dict); nothing is trained, sampled or written."""
     c = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    if {"data", "model", "optim"} <= set(c):
+        raise ValueError("--mode=sweep takes a sweep config (e.g. --config=experiments/digits_nfe.py: models, "
+                         "solvers, nfe, metrics), but this is a training config; train it with --mode=train, or "
+                         "name it in a sweep config's models as {'train': 'configs/NAME.py'}")
     unknown = sorted(set(c) - set(KEYS))
     if unknown:
         raise ValueError(f"unknown sweep config keys {unknown}; valid keys: {', '.join(KEYS)}")
@@ -219,8 +231,11 @@ def parse(config) -> SweepSpec:
         if m.num_classes is None and any(w is not None for w in guidance):
             raise ValueError(f"guidance {[w for w in guidance if w is not None]} given, but model {m.name!r} is "
                              "unconditional; use guidance=(None,)")
+    dtype = c.get("dtype") or "float32"
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
     spec = SweepSpec(models, solvers, nfe, guidance, seeds, metrics, num_samples, grid,
-                     bool(c.get("skip_unreachable", False)), c.get("title") or "NFE sweep")
+                     bool(c.get("skip_unreachable", False)), c.get("title") or "NFE sweep", dtype)
     for m in models:
         for s in solvers:
             # A dry run of the sampler: refuses path/target/solver/grid combinations that cannot run, and measures

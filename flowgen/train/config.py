@@ -187,6 +187,18 @@ def element_shape(data) -> tuple[int, ...]:
     return tuple(pipeline.dataset_spec(data.name).image_shape)
 
 
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+    """The run's ``config.json`` (written by the training loop) as a ConfigDict, upgraded to this version's keys.
+    FileNotFoundError if the workdir has none."""
+    import os
+
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a flowgen training workdir")
+    with open(path) as f:
+        return upgrade(json.load(f))
+
+
 def upgrade(config) -> ml_collections.ConfigDict:
     """A config saved by an earlier flowgen (``config.json``) with the sections added since (``method``,
     ``source``) filled in with the defaults that reproduce what that version did. Returns a new ConfigDict."""
@@ -195,6 +207,28 @@ def upgrade(config) -> ml_collections.ConfigDict:
     for key in ("method", "source"):
         d.setdefault(key, defaults[key])
     return ml_collections.ConfigDict(d)
+
+
+def build_method(config):
+    """The training method of ``config`` (``flowgen.methods``) on its path and source, every option checked."""
+    from flowgen import methods, sources
+
+    return methods.build(config.method.name, path=paths_lib.get(config.path.name, **_kwargs(config.path.kwargs)),
+                         source=sources.get_source(config.source.name, **_kwargs(config.source.kwargs)),
+                         num_classes=config.model.num_classes or None, **_kwargs(config.loss),
+                         **_kwargs(config.method.kwargs))
+
+
+def check_network(config) -> None:
+    """Build (not initialise) the network: its own checks name a bad ``model.kwargs`` value before anything runs."""
+    from flowgen.train.model import build_network
+
+    try:
+        build_network(config.model, config.model.num_classes or None)
+    except TypeError as e:   # an option the network does not take
+        raise ValueError(f"model.kwargs for model.name={config.model.name!r}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"model.kwargs: {e}") from e
 
 
 def _method_samplers(config) -> tuple[str, ...]:
@@ -210,13 +244,15 @@ def validate(config) -> None:
     check_dataset_name(config.data.name)
     _choice(config.model.name, tuple(networks.NETWORKS), "model.name")
     _choice(config.model.dtype, DTYPES, "model.dtype")
-    _choice(config.model.precond, ("none", "edm"), "model.precond")
+    from flowgen.paths.precond import PRECONDITIONINGS
+
+    _choice(config.model.precond, tuple(PRECONDITIONINGS), "model.precond")
     paths_lib.get(config.path.name, **config.path.kwargs.to_dict())
     paths_lib.check_target(config.loss.target)
     from flowgen import methods, sources
 
     _choice(config.method.name, tuple(methods.METHODS), "method.name")
-    source = sources.get_source(config.source.name, **_kwargs(config.source.kwargs))
+    sources.get_source(config.source.name, **_kwargs(config.source.kwargs))
     _choice(config.loss.weighting, losses.WEIGHTINGS, "loss.weighting")
     _choice(config.loss.time_sampler, tuple(TIME_SAMPLERS), "loss.time_sampler")
     _choice(config.loss.coupling, tuple(couplings.COUPLINGS), "loss.coupling")
@@ -224,8 +260,10 @@ def validate(config) -> None:
     _choice(config.optim.schedule, optim.SCHEDULES, "optim.schedule")
     _choice(config.sample.solver, (*solvers_lib.SOLVERS, *_method_samplers(config)), "sample.solver")
     _choice(config.sample.grid, GRIDS, "sample.grid")
-    if config.model.precond == "edm" and config.loss.target != "data":
-        raise ValueError(f"model.precond='edm' predicts the data: set loss.target='data' (got {config.loss.target!r})")
+    precond = PRECONDITIONINGS[config.model.precond]
+    if precond is not None and config.loss.target != precond.prediction:
+        raise ValueError(f"model.precond={config.model.precond!r} predicts {precond.prediction!r}: set "
+                         f"loss.target={precond.prediction!r} (got {config.loss.target!r})")
     for key in ("train.num_steps", "data.batch_size", "train.log_every", "train.keep_checkpoints", "mesh.fsdp",
                 "sample.num_steps", "sample.num_samples"):
         _number(config, key, 1, integer=True)
@@ -261,10 +299,8 @@ def validate(config) -> None:
     if config.data.name == PAIRS and config.source.name != "gaussian":
         raise ValueError(f"source.name={config.source.name!r}: a pairs data set brings its own x₀; leave the source "
                          "'gaussian'")
-    # The method checks its own options (and their combination with the path and the source).
-    methods.build(config.method.name, path=paths_lib.get(config.path.name, **_kwargs(config.path.kwargs)),
-                  source=source, num_classes=num_classes or None, **_kwargs(config.loss),
-                  **_kwargs(config.method.kwargs))
+    build_method(config)    # the method checks its own options (and their combination with the path and source)
+    check_network(config)
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
     _choice(config.sample.ema, valid, "sample.ema")

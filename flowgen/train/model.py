@@ -3,7 +3,8 @@
     train_apply(params, x_t, t, cond, rng)   the training-time call (dropout on), as ``flowgen.losses`` expects
     sample_apply(params, x_t, t[, cond])     the sampling call (dropout off), as ``flowgen.sample`` expects
 
-With ``model.precond = "edm"`` both wrap the network in EDM's preconditioning (``flowgen.networks.precond``).
+With ``model.precond`` set (``flowgen.paths.precond.PRECONDITIONINGS``, e.g. "edm") both wrap the network in that
+preconditioning.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import inspect
 import jax.numpy as jnp
 
 from flowgen import networks
-from flowgen.networks.precond import edm_precondition
+from flowgen.paths.precond import PRECONDITIONINGS
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -23,9 +24,9 @@ def build_network(model_cfg, num_classes: int | None, extra_times: tuple[str, ..
     kwargs["dtype"] = DTYPES[model_cfg.dtype]
     if extra_times:
         kwargs["extra_times"] = tuple(extra_times)
-    if model_cfg.precond == "edm":
-        # EDM feeds c_noise = ¼·ln σ (about −1.6 .. 1.1) as the time input and embeds it unscaled (Karras et al.).
-        kwargs.setdefault("time_scale", 1.0)
+    precond = PRECONDITIONINGS[model_cfg.precond]
+    if precond is not None:   # e.g. EDM feeds c_noise = ¼·ln σ as the time input, embedded unscaled
+        kwargs.setdefault("time_scale", precond.network_time_scale)
     if model_cfg.name not in networks.NETWORKS:
         raise ValueError(f"model.name={model_cfg.name!r} is not one of: {', '.join(networks.NETWORKS)}")
     return networks.NETWORKS[model_cfg.name](num_classes=num_classes, **kwargs)
@@ -41,17 +42,19 @@ def make_apply_fns(module, path, precond: str = "none", sigma_data: float = 0.5)
         rngs = {"dropout": rng} if (train and takes_train and rng is not None) else None
         return module.apply(params, x, t, cond, rngs=rngs, **extra)
 
-    if precond == "edm":
-        # EDM feeds c_noise = ¼·ln σ̃ to the network in place of t.
+    wrapper = PRECONDITIONINGS[precond]
+    if wrapper is not None:
+        wrap = wrapper(sigma_data).wrap       # the raw network gets the preconditioner's time input in place of t
+
         def train_apply(params, x_t, t, cond, rng, **times):
             net = lambda p, x, c_noise, *c: raw(p, x, c_noise, c[0] if c else None, train=True, rng=rng,  # noqa: E731
                                                 times=times)
-            return edm_precondition(net, path, sigma_data)(params, x_t, t, *(() if cond is None else (cond,)))
+            return wrap(net, path)(params, x_t, t, *(() if cond is None else (cond,)))
 
         def sample_apply(params, x_t, t, *cond, **times):
             net = lambda p, x, c_noise, *c: raw(p, x, c_noise, c[0] if c else None, train=False,  # noqa: E731
                                                 rng=None, times=times)
-            return edm_precondition(net, path, sigma_data)(params, x_t, t, *cond)
+            return wrap(net, path)(params, x_t, t, *cond)
     else:
         def train_apply(params, x_t, t, cond, rng, **times):
             return raw(params, x_t, t, cond, train=True, rng=rng, times=times)

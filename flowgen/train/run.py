@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 
 from flowgen import methods as methods_lib
-from flowgen import paths as paths_lib
 from flowgen import sources as sources_lib
 from flowgen.train import config as config_lib
 from flowgen.train import sharding as sharding_lib
@@ -66,12 +65,9 @@ class Run:
         mesh = sharding_lib.make_mesh(config.mesh.fsdp) if mesh is None else mesh
         shape = config_lib.element_shape(config.data)
         num_classes = config.model.num_classes or None
-        path = paths_lib.get(config.path.name, **_kwargs(config.path.kwargs))
-        source = sources_lib.get_source(config.source.name, **_kwargs(config.source.kwargs))
+        method = config_lib.build_method(config)
+        path, source = method.path, method.source
         source.check_shape(shape)
-        loss = _kwargs(config.loss)
-        method = methods_lib.build(config.method.name, path=path, source=source, num_classes=num_classes,
-                                   **loss, **_kwargs(config.method.kwargs))
         module = build_network(config.model, num_classes, method.extra_times)
         train_apply, sample_apply = make_apply_fns(module, path, config.model.precond, config.model.sigma_data)
         optimizer, schedule = make_optimizer(config.optim, config.train.num_steps)
@@ -97,9 +93,7 @@ class Run:
         """The run of a training workdir, from its ``config.json`` (configs of earlier versions are upgraded,
         ``config.upgrade``). The mesh spans every device, with the run's ``mesh.fsdp`` where it divides the device
         count (else 1: parameters replicated). FileNotFoundError if the workdir has no config."""
-        from flowgen.trained import saved_config
-
-        config = saved_config(os.fspath(workdir))
+        config = config_lib.saved_config(os.fspath(workdir))
         fsdp = config.mesh.fsdp if jax.device_count() % config.mesh.fsdp == 0 else 1
         return cls.from_config(config, mesh=sharding_lib.make_mesh(fsdp))
 

@@ -1,13 +1,13 @@
 """``--mode=sample``: draw samples from the newest good checkpoint into files named by what they are.
 
-    workdir/samples/sample_step0004000_heun_16steps_nfe31_g1.5.png   the grid (images) or scatter plot (2-D)
-    workdir/samples/sample_step0004000_heun_16steps_nfe31_g1.5.npz   samples, nfe, step and the sample settings
+    workdir/samples/sample_step0004000_ema_heun_16steps_uniform_nfe31_g1.5.png   the grid (images) or scatter (2-D)
+    workdir/samples/sample_step0004000_ema_heun_16steps_uniform_nfe31_g1.5.npz   samples, nfe, step and the settings
 
-The name holds the checkpoint step, the solver and its number of steps, the *measured* NFE and the guidance weight.
-Nothing is ever overwritten: before any work (restore, compilation, sampling), files of the same step, solver, steps
-and guidance are looked for (with any NFE, which an adaptive solver only knows afterwards) and the run is refused
-naming them; the samples are drawn once and both files come from that one draw. Training's own grids
-(``step_<step>.png``) are never touched.
+The name holds every setting that changes the samples: the checkpoint step, the parameters (``sample.ema``), the
+solver, its number of steps and its grid, the guidance weight, and the *measured* NFE. Nothing is ever overwritten:
+before any work (restore, compilation, sampling), files of the same settings are looked for (with any NFE, which an
+adaptive solver only knows afterwards) and the run is refused naming them; the samples are drawn once and both files
+come from that one draw. Training's own grids (``step_<step>.png``) are never touched.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ class SamplesExistError(resume.RunRefusedError, FileExistsError):
 
 
 def sample_stem(config, step: int, nfe: int | str) -> str:
+    """The file name of samples: every setting that changes them (checkpoint step, parameters, solver, steps, grid,
+    guidance) and the measured NFE."""
     s = config.sample
     guidance = "none" if s.guidance is None else f"{s.guidance:g}"
-    return f"sample_step{step:07d}_{s.solver}_{s.num_steps}steps_nfe{nfe}_g{guidance}"
+    return f"sample_step{step:07d}_{s.ema}_{s.solver}_{s.num_steps}steps_{s.grid}_nfe{nfe}_g{guidance}"
 
 
 def _refuse_existing(config, out_dir: str, step: int) -> None:
@@ -43,7 +45,8 @@ def _refuse_existing(config, out_dir: str, step: int) -> None:
     if existing:
         raise SamplesExistError(
             f"samples of checkpoint step {step} with these settings exist already: {', '.join(existing)}. Refusing "
-            "to overwrite them: change --config.sample.* (solver, num_steps, guidance), or move those files away. "
+            "to overwrite them: change --config.sample.* (solver, num_steps, grid, ema, guidance), or move those "
+            "files away. "
             "Nothing was drawn or written.")
 
 

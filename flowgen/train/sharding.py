@@ -56,8 +56,3 @@ def state_shardings(abstract_state, mesh: Mesh, min_size: int = 2**14):
     """A NamedSharding per leaf: FSDP-sharded large arrays when the mesh has fsdp > 1, otherwise replicated."""
     fsdp = mesh.shape["fsdp"]
     return jax.tree.map(lambda leaf: NamedSharding(mesh, _fsdp_spec(leaf.shape, fsdp, min_size)), abstract_state)
-
-
-def global_batch(local_batch, sharding: NamedSharding):
-    """Assemble per-process host batches (numpy) into global jax.Arrays sharded on the batch axis."""
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)

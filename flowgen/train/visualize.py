@@ -108,7 +108,8 @@ def sample_and_report(run, workdir, step, state, data, key, drawn=None, png_name
             fig, ax = plt.subplots(figsize=(4, 4))
             ax.scatter(reference[:, 0], reference[:, 1], s=2, alpha=0.3, label="data")
             ax.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.5, label=f"samples (NFE {nfe})")
-            ax.set_title(f"step {step}: sliced W2 {metrics['sample/sliced_w2']:.3f}")
+            ax.set_title(f"step {step}: {config.sample.solver}, NFE {nfe}, sliced W2 "
+                         f"{metrics['sample/sliced_w2']:.3f}", fontsize=9)
             ax.legend(loc="upper right", fontsize=7)
             fig.savefig(filename, dpi=100)
             plt.close(fig)

@@ -15,8 +15,9 @@ through the solver's own rules). Pure function: no Flax here; F is any ``F(param
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -66,3 +67,21 @@ def edm_training_target(x_data: jax.Array, noise: jax.Array, sigma_edm, sigma_da
     per_sample = lambda v: jnp.reshape(v, v.shape + (1,) * (x_data.ndim - v.ndim))  # noqa: E731
     x_edm = x_data + per_sample(jnp.asarray(sigma_edm)) * noise
     return (x_data - per_sample(c.c_skip) * x_edm) / per_sample(c.c_out)
+
+
+@dataclasses.dataclass(frozen=True)
+class EDMPreconditioning:
+    """``model.precond = "edm"``: the wrapped model predicts the data, and the raw network's time input is
+    c_noise = ¼·ln σ̃ (about −1.6 … 1.1), which it embeds unscaled (``time_scale = 1``)."""
+
+    name: ClassVar[str] = "edm"
+    prediction: ClassVar[str] = "data"
+    network_time_scale: ClassVar[float] = 1.0
+    sigma_data: float = 0.5
+
+    def wrap(self, network: Callable, path: Path) -> Callable:
+        return edm_precondition(network, path, self.sigma_data)
+
+
+#: ``model.precond`` → preconditioning ("none": the network's output is the prediction itself).
+PRECONDITIONINGS: dict[str, type | None] = {"none": None, "edm": EDMPreconditioning}
