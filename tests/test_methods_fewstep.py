@@ -243,3 +243,25 @@ def test_guided_shortcut_sampling_counts_one_batched_call_and_two_passes_per_ste
     assert len(calls) == int(info["nfe"]) == 4 and int(info["forward_passes"]) == 8
     plain, _ = method.sample(apply, {}, noise, key=None, solver="shortcut", num_steps=4, cond=labels)
     np.testing.assert_allclose(x, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize("config_file, override, match", [
+    ("toy2d_shortcut", {"sample.num_steps": 3}, "sample.num_steps=3: sampler 'shortcut' takes a power of two"),
+    ("toy2d_meanflow", {"sample.grid": "logsnr"}, "sample.grid='logsnr': sampler 'meanflow' jumps on the uniform"),
+])
+def test_bad_sample_settings_of_a_few_step_config_fail_validation(config_file, override, match):
+    """Before anything trains: config validation asks the method about its own sampler's settings."""
+    import importlib.util
+    from pathlib import Path
+
+    from flowgen.train.config import validate
+
+    spec = importlib.util.spec_from_file_location(
+        config_file, Path(__file__).resolve().parents[1] / "configs" / f"{config_file}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    validate(config)
+    config.update_from_flattened_dict(override)
+    with pytest.raises(ValueError, match=match):
+        validate(config)

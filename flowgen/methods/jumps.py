@@ -61,6 +61,18 @@ class JumpMethod(FlowMatching):
         """Raise ValueError if the method's own sampler cannot take ``num_steps`` jumps."""
 
     # ---------------------------------------------------------------------------------------- sampling
+    def check_sampler(self, solver: str, num_steps: int, grid: str, guidance=None) -> None:
+        if solver not in self.samplers:
+            return
+        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
+            raise ValueError(f"sample.num_steps={num_steps!r}: sampler {solver!r} needs an integer >= 1")
+        self.check_jumps(int(num_steps))
+        if grid != "uniform":
+            raise ValueError(f"sample.grid={grid!r}: sampler {solver!r} jumps on the uniform grid only; "
+                             "set sample.grid='uniform'")
+        if guidance is not None and not self.guidable:
+            raise ValueError(f"sample.guidance={guidance!r}: sampler {solver!r} samples unguided (leave it None)")
+
     def velocity_model(self, apply):
         """``(params, x_t, t[, cond])`` → the network at extra time(s) 0: the instantaneous velocity. The same
         function object for the same ``apply`` (so ``fg.sample`` compiles once)."""
@@ -86,14 +98,7 @@ class JumpMethod(FlowMatching):
                 kwargs.update(guidance=guidance, null_cond=null_cond)
             return fg.sample(self.velocity_model(apply), self.path, target="velocity", solver=solver,
                              num_steps=num_steps, grid=grid, key=key, noise=noise, params=params, **kwargs)
-        if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or num_steps < 1:
-            raise ValueError(f"sample.num_steps={num_steps!r}: sampler {solver!r} needs an integer >= 1")
-        self.check_jumps(int(num_steps))
-        if grid != "uniform":
-            raise ValueError(f"sample.grid={grid!r}: sampler {solver!r} jumps on the uniform grid only; "
-                             "set sample.grid='uniform'")
-        if guidance is not None and not self.guidable:
-            raise ValueError(f"sample.guidance={guidance!r}: sampler {solver!r} samples unguided (leave it None)")
+        self.check_sampler(solver, num_steps, grid, guidance)
         if guidance is not None and (cond is None or null_cond is None):
             raise ValueError("classifier-free guidance needs cond=... and null_cond=... (the unconditional label)")
         noise = jnp.asarray(noise)
