@@ -29,6 +29,12 @@ MUTATIONS = {
     "ema_frozen": ("flowgen/train/step.py", "d * e + (1.0 - d) * p", "e"),
     "pseudo_huber_sign": ("flowgen/methods/pseudo_huber.py", "apply(params, x_t, t, cond, k_model) - goal",
                           "apply(params, x_t, t, cond, k_model) + goal"),
+    # The few-step methods (also caught by tests/test_methods_fewstep.py: --tests tests/test_methods_fewstep.py).
+    "meanflow_identity_sign": ("flowgen/methods/meanflow.py", "return u, f32(v) + jnp.reshape(",
+                               "return u, f32(v) - jnp.reshape("),
+    "meanflow_h_tangent": ("flowgen/methods/meanflow.py", "(f32(v), ones, -ones)", "(f32(v), ones, 0 * ones)"),
+    "shortcut_half_step": ("flowgen/methods/shortcut.py", "target_net(x_t + _bcast(d, x_t) * s1, t + d)",
+                           "target_net(x_t + _bcast(two_d, x_t) * s1, t + d)"),
 }
 
 

@@ -12,6 +12,15 @@ Any target follows by ``flowgen.paths.targets.from_denoised`` — except the sco
 
 For a single component (K = 1) the probability-flow ODE has the closed-form flow map
 ``x_{t'} = α'μ + sqrt(v'/v)·(x_t − α·μ)``: ``exact_flow_map``.
+
+For any mixture, ``flow_map`` is the flow map Φ_{t→r} of the probability-flow ODE dx/dτ = v(x, τ) (v the exact
+velocity above): the closed form for K = 1, else classical RK4 on the exact velocity (256 steps by default: in
+float64 on the toy mixtures it agrees with 1024 steps to ~1e-9). From it, the exact *average velocity* of few-step
+methods (MeanFlow, Geng et al. 2025; shortcut models, Frans et al. 2024), for a point z at time t and a second time r:
+
+    u(z, t, r) = (Φ_{t→r}(z) − z)/(r − t),      u(z, t, t) = v(z, t),
+
+so that one jump z + (r − t)·u(z, t, r) lands exactly on Φ_{t→r}(z): ``average_velocity``.
 """
 
 from __future__ import annotations
@@ -175,3 +184,47 @@ class GaussianMixture:
         v0 = a0**2 * s2 + path.sigma(jnp.asarray(t_start, dtype)) ** 2
         v1 = a1**2 * s2 + path.sigma(jnp.asarray(t_end, dtype)) ** 2
         return a1 * mu + jnp.sqrt(v1 / v0) * (x_start - a0 * mu)
+
+    def flow_map(self, path: Path, x_start: jax.Array, t_start, t_end, num_steps: int = 256) -> jax.Array:
+        """Φ_{t_start→t_end}(x_start): the probability-flow ODE solved from t_start to t_end (either direction).
+
+        x_start: (B, d); t_start, t_end: scalars or (B,) (each sample its own interval). The closed form for a single
+        Gaussian (``exact_flow_map``); otherwise ``num_steps`` classical RK4 steps on the exact velocity, written in
+        s ∈ [0, 1] with τ = t_start + s·(t_end − t_start), so every sample takes the same number of steps (also when
+        t_end = t_start, where the map is the identity exactly).
+        """
+        x_start = jnp.asarray(x_start)
+        dtype = x_start.dtype
+        t0 = jnp.broadcast_to(jnp.asarray(t_start, dtype), x_start.shape[:1])
+        t1 = jnp.broadcast_to(jnp.asarray(t_end, dtype), x_start.shape[:1])
+        if self.num_components == 1:
+            return self.exact_flow_map(path, x_start, _per_sample(t0, x_start), _per_sample(t1, x_start))
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be an integer >= 1; got {num_steps!r}")
+        velocity = self.model(path, "velocity")
+        span = _per_sample(t1 - t0, x_start)
+        h = 1.0 / num_steps
+
+        def f(x, s):
+            return span * velocity(x, t0 + s * (t1 - t0))
+
+        def body(i, x):
+            s = jnp.asarray(i, dtype) * h
+            k1 = f(x, s)
+            k2 = f(x + 0.5 * h * k1, s + 0.5 * h)
+            k3 = f(x + 0.5 * h * k2, s + 0.5 * h)
+            k4 = f(x + h * k3, s + h)
+            return x + (h / 6.0) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+        return jax.lax.fori_loop(0, num_steps, body, x_start)
+
+    def average_velocity(self, path: Path, z: jax.Array, t, r, num_steps: int = 256) -> jax.Array:
+        """The exact average velocity u(z, t, r) = (Φ_{t→r}(z) − z)/(r − t) of a point z (B, d) at time t over
+        [t, r] (t, r scalars or (B,); r < t allowed), and the exact velocity v(z, t) where r = t."""
+        z = jnp.asarray(z)
+        t = jnp.broadcast_to(jnp.asarray(t, z.dtype), z.shape[:1])
+        r = jnp.broadcast_to(jnp.asarray(r, z.dtype), z.shape[:1])
+        same = r == t
+        width = _per_sample(jnp.where(same, 1.0, r - t), z)
+        mean = (self.flow_map(path, z, t, r, num_steps) - z) / width
+        return jnp.where(_per_sample(same, z), self.model(path, "velocity")(z, t), mean)

@@ -26,6 +26,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from flowgen.data import digits, pipeline, toy
+from flowgen.methods import METHODS
 from flowgen.train import config as config_lib
 from flowgen.train import loop
 from flowgen.train.checkpoint import Checkpointer
@@ -157,10 +158,12 @@ def test_full_variant_validates_and_builds(path, data_dir):
     kind = data_kind(config)
     shape = (2,) if kind == "toy" else pipeline.dataset_spec(config.data.name).image_shape
     num_classes = config.model.num_classes or None
-    net = build_network(config.model, num_classes)
+    extra_times = METHODS[config.method.name].extra_times          # the method's further time inputs (MeanFlow's h)
+    net = build_network(config.model, num_classes, extra_times)
     example = (np.zeros((1, *shape), np.float32), np.zeros((1,), np.float32),
                np.zeros((1,), np.int32) if num_classes else None)
-    params = jax.eval_shape(net.init, jax.random.key(0), *example)
+    times = {"times": {name: example[1] for name in extra_times}} if extra_times else {}
+    params = jax.eval_shape(lambda key: net.init(key, *example, **times), jax.random.key(0))
     count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
     print(f"{path.stem}: {count / 1e6:.2f}M parameters")
     assert count > 0

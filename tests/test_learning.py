@@ -69,6 +69,28 @@ def test_every_method_learns_the_2d_mixture(method, tmp_path):
     assert ratio <= TOY_FACTOR, f"{method}: exact W2 {ratio:.2f}x the data-vs-data floor (limit {TOY_FACTOR})"
 
 
+#: Methods with their own few-step sampler (``Method.samplers``), and what their 1-jump samples must reach after
+#: FEW_STEP_TRAIN_STEPS steps of the generic toy config (about 20 s of training on 2 CPU cores each).
+FEW_STEP = sorted(name for name, cls in METHODS.items() if cls.samplers)
+FEW_STEP_TRAIN_STEPS = 3000
+FEW_STEP_FACTOR = 1.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", FEW_STEP)
+def test_few_step_methods_learn_one_step_generation(method, tmp_path):
+    """1 NFE with the method's own sampler (its default options; rectified flow at 1 Euler step scores ~7x). Time
+    features of 10·t, not 1000·t: MeanFlow's loss differentiates the network in time (flowgen/methods/meanflow.py)."""
+    sampler = METHODS[method].samplers[0]
+    config = toy_config(**{"method.name": method, "sample.solver": sampler, "sample.num_steps": 1,
+                           "model.kwargs": {"hidden": 128, "depth": 3, "time_scale": 10.0},
+                           "train.num_steps": FEW_STEP_TRAIN_STEPS, "train.checkpoint_every": FEW_STEP_TRAIN_STEPS})
+    train_and_evaluate(config, str(tmp_path))
+    ratio = w2_ratio(samples_of(tmp_path))
+    print(f"{method} at 1 NFE: W2 ratio {ratio:.3f}")
+    assert ratio <= FEW_STEP_FACTOR, f"{method}: 1-NFE exact W2 {ratio:.2f}x the floor (limit {FEW_STEP_FACTOR})"
+
+
 @pytest.mark.slow
 def test_a_non_gaussian_source_is_carried_onto_the_data(tmp_path):
     """moons → 8 Gaussians (Tong et al. 2023's task): x₀ from the source in training and sampling."""

@@ -3,6 +3,9 @@
     base.py            the interface (what the network takes, the loss given the train state, how it samples)
     flow_matching.py   flow matching / diffusion: regression onto a path target (the default)
     pseudo_huber.py    flow matching with the pseudo-Huber distance (a one-file method; docs/extending.md)
+    jumps.py           what the few-step methods share: the average-velocity network's jump sampler
+    meanflow.py        MeanFlow (Geng et al. 2025): average velocity u(z, t, r) from the MeanFlow identity, 1-NFE
+    shortcut.py        shortcut models (Frans et al. 2024): s(x, t, d) by flow matching and self-consistency
 
 ``build(name, path=..., source=..., num_classes=..., **options)`` checks the options and builds the method.
 """
@@ -10,10 +13,12 @@
 from flowgen import options
 from flowgen.methods.base import Method
 from flowgen.methods.flow_matching import FlowMatching
+from flowgen.methods.meanflow import MeanFlow
 from flowgen.methods.pseudo_huber import PseudoHuberFlowMatching
+from flowgen.methods.shortcut import Shortcut
 
 #: The methods a config can name (``method.name``).
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FlowMatching, PseudoHuberFlowMatching)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FlowMatching, PseudoHuberFlowMatching, MeanFlow, Shortcut)}
 
 
 def build(name: str, **kwargs) -> Method:
@@ -21,4 +26,4 @@ def build(name: str, **kwargs) -> Method:
     return options.build(METHODS, name, "method", kwargs, hidden=("path", "source", "num_classes"))
 
 
-__all__ = ["METHODS", "FlowMatching", "Method", "PseudoHuberFlowMatching", "build"]
+__all__ = ["METHODS", "FlowMatching", "MeanFlow", "Method", "PseudoHuberFlowMatching", "Shortcut", "build"]

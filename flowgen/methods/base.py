@@ -51,6 +51,10 @@ class Method:
     def make_loss(self, apply):
         raise NotImplementedError
 
+    def check_sampler(self, solver: str, num_steps: int, grid: str, guidance=None) -> None:
+        """Raise ValueError (naming the ``sample.*`` key, the value and the valid ones) if the method's own sampler
+        ``solver`` cannot take these settings; config validation calls it, so a run fails before it trains."""
+
     def sample(self, apply, params, noise, *, key, solver: str, num_steps: int, grid: str = "uniform",
                cond=None, guidance=None, null_cond=None):
         """Integrate from ``σ(t₀)·noise`` (noise drawn from the source) with one of ``fg.sample``'s solvers."""

@@ -299,7 +299,9 @@ def validate(config) -> None:
     if config.data.name == PAIRS and config.source.name != "gaussian":
         raise ValueError(f"source.name={config.source.name!r}: a pairs data set brings its own x₀; leave the source "
                          "'gaussian'")
-    build_method(config)    # the method checks its own options (and their combination with the path and source)
+    method = build_method(config)    # the method checks its own options (with the path and the source) ...
+    s = config.sample                # ... and the sample settings its own sampler takes, if one is named
+    method.check_sampler(s.solver, s.num_steps, s.grid, s.guidance if config.model.num_classes else None)
     check_network(config)
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
