@@ -7,7 +7,7 @@ the same budget? (The claim of Liu et al. 2023, "Flow straight and fast", Table 
 Both models are the main command's recipe (``experiments/digits_nfe.py``: the same MLP, data, optimiser, steps and
 EMA; only the path and target differ). The sweep runs Euler and DDIM on both at NFE ∈ {1, 2, 4, 8, 10, 16, 32, 64}
 with five seeds (the same noise for both models within a seed, so differences are paired), scores every cell with
-digits-FID and the pixel-space Fréchet distance (only the latter where digits-FID is not available) and writes the
+digits-FID and the pixel-space Fréchet distance and writes the
 sweep's tables into ``--workdir`` and the report ``rf_vs_ddim.md`` (the claim, settings, table, verdict and its
 uncertainty) next to this file, or to ``--report``.
 
