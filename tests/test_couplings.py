@@ -45,3 +45,83 @@ def test_coupling_errors():
         couplings.get_coupling("sinkhorn", epsilon=0.0)
     with pytest.raises(ValueError, match="shape"):
         couplings.get_coupling("given")(None, jnp.ones((2, 2)), {"noise": jnp.ones((3, 2))})
+
+
+def _scipy_total(c):
+    import scipy.optimize
+
+    c = np.asarray(c, np.float64)
+    r, j = scipy.optimize.linear_sum_assignment(c)
+    return c[r, j].sum()
+
+
+def _check_perm(perm, b):
+    assert sorted(np.asarray(perm).tolist()) == list(range(b))
+
+
+@pytest.mark.parametrize("b", [8, 13, 64, 200, 512])
+def test_auction_matches_scipy_on_integer_costs(b):
+    """Exactly scipy's optimal total on the rounded integer costs, on random and on OT-shaped (squared) costs."""
+    k1, k2, k3 = jax.random.split(jax.random.key(b), 3)
+    solve = jax.jit(couplings.auction_assignment)
+    if b <= 200:                                   # uniform random integer costs (no structure)
+        c = jax.random.randint(k1, (b, b), 0, couplings.cost_levels(b))
+        perm = solve(c)
+        _check_perm(perm, b)
+        assert int(np.asarray(c)[np.arange(b), np.asarray(perm)].sum()) == _scipy_total(c)
+    x = jax.random.normal(k2, (b, 2)) * 2 + 1
+    ci = couplings.integer_costs(couplings.squared_cost(x, jax.random.normal(k3, (b, 2))))
+    perm = solve(ci)
+    _check_perm(perm, b)
+    assert int(np.asarray(ci)[np.arange(b), np.asarray(perm)].sum()) == _scipy_total(ci)
+
+
+@pytest.mark.parametrize("b", [16, 128])
+def test_auction_near_scipy_on_float_costs(b):
+    """On the float costs: within the rounding bound B·span/levels of scipy's optimum (and at float round-off here)."""
+    k1, k2 = jax.random.split(jax.random.key(100 + b))
+    c = couplings.squared_cost(jax.random.normal(k1, (b, 3)) * 3, jax.random.normal(k2, (b, 3)))
+    perm = np.asarray(jax.jit(couplings.ASSIGNMENT_SOLVERS["auction"])(c))
+    _check_perm(perm, b)
+    cn = np.asarray(c, np.float64)
+    best = _scipy_total(cn)
+    bound = b * (cn.max() - cn.min()) / couplings.cost_levels(b)
+    assert best <= cn[np.arange(b), perm].sum() <= best + bound
+    np.testing.assert_allclose(cn[np.arange(b), perm].sum(), best, rtol=1e-6)
+
+
+def test_auction_ties_and_degenerate_costs():
+    solve = jax.jit(couplings.auction_assignment)
+    for b in (1, 2, 5, 64):
+        perm = solve(jnp.zeros((b, b), jnp.int32))                 # all costs equal: any permutation
+        _check_perm(perm, b)
+    c = jnp.asarray([[0, 0, 1], [0, 0, 1], [1, 1, 0]], jnp.int32)  # tied optima
+    perm = np.asarray(solve(c))
+    _check_perm(perm, 3)
+    assert np.asarray(c)[np.arange(3), perm].sum() == 0
+    x = jnp.repeat(jax.random.normal(jax.random.key(0), (8, 2)), 8, axis=0)      # 64 points, 8 distinct
+    z = jnp.concatenate([x[::8] + 0.1, jax.random.normal(jax.random.key(1), (56, 2))])
+    ci = couplings.integer_costs(couplings.squared_cost(x, z))
+    perm = np.asarray(solve(ci))
+    _check_perm(perm, 64)
+    assert np.asarray(ci)[np.arange(64), perm].sum() == _scipy_total(ci)
+    eye = couplings.integer_costs(couplings.squared_cost(x[::8], x[::8]))      # identical sets: identity
+    assert np.asarray(solve(eye)).tolist() == list(range(8))
+
+
+def test_auction_under_vmap():
+    cs = jax.random.randint(jax.random.key(3), (3, 24, 24), 0, couplings.cost_levels(24))
+    perms = np.asarray(jax.jit(jax.vmap(couplings.auction_assignment))(cs))
+    for c, perm in zip(np.asarray(cs), perms, strict=True):
+        _check_perm(perm, 24)
+        assert c[np.arange(24), perm].sum() == _scipy_total(c)
+
+
+def test_ot_coupling_solvers_agree_and_check_the_option():
+    x = jax.random.normal(jax.random.key(0), (32, 2)) * 2 + 3
+    key = jax.random.key(1)
+    outs = [jax.jit(lambda k, x, s=s: couplings.get_coupling("ot", solver=s)(k, x, {}))(key, x)
+            for s in ("scipy", "auction")]
+    np.testing.assert_allclose(mean_cost(*outs[1]), mean_cost(*outs[0]), rtol=1e-6)
+    with pytest.raises(ValueError, match="solver='hungarian' is not one of: scipy, auction"):
+        couplings.get_coupling("ot", solver="hungarian")

@@ -11,7 +11,8 @@ the target itself, so any solver of ``fg.sample`` samples it on its path (``pred
 preconditioning, when the run asks for it, wraps the network (``flowgen.paths.precond``) and leaves this loss as
 it is (target ``data``).
 
-Options (``config.loss``): target, weighting, time_sampler, time_sampler_options, coupling, label_dropout.
+Options (``config.loss``): target, weighting, time_sampler, time_sampler_options, coupling,
+coupling_options (e.g. ``{"solver": "auction"}`` for ``ot``), label_dropout.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class FlowMatching(Method):
     time_sampler: str = "uniform"
     time_sampler_options: dict = dataclasses.field(default_factory=dict)
     coupling: str = "independent"
+    coupling_options: dict = dataclasses.field(default_factory=dict)
     label_dropout: float = 0.0
 
     def __post_init__(self):
@@ -48,7 +50,8 @@ class FlowMatching(Method):
         loss = losses.make_loss(
             apply, self.path, self.target, self.weighting, self.time_sampler, self.coupling,
             label_dropout=dropout, null_label=self.num_classes if dropout > 0 else None,
-            time_sampler_options=dict(self.time_sampler_options), source=self.source)
+            time_sampler_options=dict(self.time_sampler_options),
+            coupling_options=dict(self.coupling_options), source=self.source)
         if self.num_classes:
             return loss
         return lambda params, batch, key: loss(params, {k: v for k, v in batch.items() if k != "label"}, key)

@@ -43,7 +43,7 @@ class PseudoHuberFlowMatching(FlowMatching):
 
     def make_loss(self, apply):
         sampler = get_time_sampler(self.time_sampler, self.path, **dict(self.time_sampler_options))
-        couple = get_coupling(self.coupling)
+        couple = get_coupling(self.coupling, **dict(self.coupling_options))
 
         def loss(params, state, batch, key):
             k_couple, k_time, k_model = jax.random.split(key, 3)

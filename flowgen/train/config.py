@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.loss.time_sampler = "uniform"
     c.loss.time_sampler_options = ml_collections.ConfigDict()
     c.loss.coupling = "independent"
+    c.loss.coupling_options = ml_collections.ConfigDict()   # e.g. {"solver": "auction"} for coupling "ot"
     c.loss.label_dropout = 0.0
 
     c.optim = ml_collections.ConfigDict()

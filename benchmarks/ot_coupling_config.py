@@ -1,0 +1,19 @@
+"""``configs/toy2d_rf.py`` with exact minibatch OT (used by ``benchmarks/ot_coupling.py``): data 8gaussians from
+N(0, I), MLP 3×64; the variant names the assignment solver: ``--config=benchmarks/ot_coupling_config.py:auction``."""
+
+import importlib.util
+import os
+
+
+def get_config(variant: str = "scipy"):
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "toy2d_rf.py")
+    spec = importlib.util.spec_from_file_location("flowgen_config_toy2d_rf", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config()
+    c.data.name = "8gaussians"
+    c.model.kwargs = {"hidden": 64, "depth": 3}
+    c.loss.coupling = "ot"
+    c.loss.coupling_options = {"solver": variant or "scipy"}
+    c.train.sample_every = 0
+    return c
