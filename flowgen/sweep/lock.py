@@ -23,7 +23,8 @@ class LockedError(RuntimeError):
     """Another live process (or one on another host) holds the workdir."""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True if a process of this id runs on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -55,7 +56,7 @@ def acquire(directory: str) -> str:
             holder = _holder(path)
             if holder == me:
                 return path
-            if holder is not None and (holder[1] != me[1] or _alive(holder[0])):
+            if holder is not None and (holder[1] != me[1] or process_alive(holder[0])):
                 where = "this host" if holder[1] == me[1] else f"host {holder[1]}"
                 raise LockedError(f"{directory} is being written by pid {holder[0]} on {where} (lock file {path}); "
                                   "if that process is gone, delete the lock file") from None

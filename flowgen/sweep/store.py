@@ -21,6 +21,8 @@ import re
 
 import numpy as np
 
+from flowgen.sweep.lock import process_alive
+
 SUFFIX = ".json"
 
 
@@ -91,15 +93,6 @@ def remove_stray_temporaries(directory: str) -> None:
                 pid = int(entry.rsplit(".", 2)[-2])
             except ValueError:
                 continue
-            if not _alive(pid):
+            if not process_alive(pid):
                 os.unlink(os.path.join(directory, entry))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
     return True
