@@ -8,34 +8,21 @@ adaptive loss weighting p = 0.5, c = 1e-3. Samples with the method's own sampler
 Variant ``small`` (``--config=configs/toy2d_meanflow.py:small``): 50 steps, for smoke tests.
 """
 
-from flowgen.train.config import base_config
+from flowgen.train.config import load_config_module
 
 
 def get_config(variant: str = ""):
-    c = base_config()
+    if variant not in ("", "small"):
+        raise ValueError(f"unknown variant {variant!r} of toy2d_meanflow; valid: '' or 'small'")
+    # toy2d_rf's MLP 3×256, linear path, velocity target, Adam, batch 256 and its small variant's schedule
+    c = load_config_module(__file__, "toy2d_rf").get_config(variant)
     c.data.name = "8gaussians"
-    c.data.batch_size = 256
-    c.model.name = "mlp"
     c.model.kwargs = {"hidden": 256, "depth": 3, "time_scale": 10.0}
-    c.path.name = "linear"
     c.method.name = "meanflow"
     c.method.kwargs = {"ratio": 0.25, "p": 0.5, "c": 1e-3}
-    c.loss.target = "velocity"
     c.loss.time_sampler = "logit_normal"
     c.loss.time_sampler_options = {"m": 0.4, "s": 1.0}
-    c.train.num_steps = 4000
-    c.train.log_every = 500
-    c.train.checkpoint_every = 4000
-    c.train.sample_every = 4000
-    c.sample.solver = "meanflow"
-    c.sample.num_steps = 1
-    if variant == "small":
-        c.train.num_steps = 50
-        c.train.log_every = 10
-        c.train.checkpoint_every = 25
-        c.train.sample_every = 50
-        c.sample.num_samples = 256
-        c.optim.warmup_steps = 10
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} of toy2d_meanflow; valid: '' or 'small'")
+    if not variant:
+        c.train.update({"num_steps": 4000, "log_every": 500, "checkpoint_every": 4000, "sample_every": 4000})
+    c.sample.solver, c.sample.num_steps = "meanflow", 1
     return c
