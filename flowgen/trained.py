@@ -25,9 +25,11 @@ import ml_collections
 class TrainedModel:
     """A trained network with its sampling facts.
 
-    apply(params, x_t, t[, cond]) → prediction of ``target`` (shape of x_t); ``fn(x_t, t[, cond])`` has ``params``
-    bound. ``num_classes`` is None for an unconditional model, else the label count, and ``null_label`` (=
-    num_classes) is the "no label" input for classifier-free guidance.
+    apply(params, x_t, t[, cond]) → prediction of ``target`` (shape of x_t), as ``fg.sample``'s solvers call it (a
+    few-step network at extra time 0, ``Method.solver_model``); ``fn(x_t, t[, cond])`` has ``params`` bound. The
+    method's own samplers: ``run.method.sample(run.sample_apply, params, noise, solver=..., ...)``. ``num_classes``
+    is None for an unconditional model, else the label count, and ``null_label`` (= num_classes) is the "no label"
+    input for classifier-free guidance.
     """
 
     apply: Any
@@ -85,7 +87,8 @@ def load_model(workdir: str | os.PathLike, params: str = "ema", step: int | None
         raise FileNotFoundError(f"no checkpoint of {workdir} restores and verifies (steps tried: {steps})")
     found_step, state, _ = restored
     name, chosen = run.sampling_params(state, params)
-    return TrainedModel(apply=run.sample_apply, params=chosen, path=run.path, target=run.method.prediction,
+    return TrainedModel(apply=run.method.solver_model(run.sample_apply), params=chosen, path=run.path,
+                        target=run.method.prediction,
                         num_classes=run.num_classes, null_label=run.num_classes, element_shape=run.element_shape,
                         data_name=config.data.name, step=int(found_step), params_name=name, workdir=workdir,
                         config=config, run=run)

@@ -41,6 +41,28 @@ def toy_config(**overrides):
     return c
 
 
+@pytest.fixture(scope="module")
+def exact_pairs(tmp_path_factory):
+    """A pairs file of the exact 8-Gaussian flow (``flowgen.reflow`` with the analytic teacher, Heun 64 steps):
+    the data of the methods that train on a teacher's pairs (``Method.trains_on_pairs``) and of the coupling
+    ``given``."""
+    from flowgen import reflow
+
+    file = str(tmp_path_factory.mktemp("pairs") / "exact.npz")
+    reflow.generate_pairs(reflow.analytic_teacher("8gaussians"), file, num_pairs=4096, solver="heun", num_steps=64,
+                          seed=7)
+    return file
+
+
+def on_pairs_if_needed(config, method, pairs_file):
+    """``config`` trained on ``pairs_file`` (data "pairs", coupling "given") if ``method`` trains on pairs only."""
+    if not METHODS[method].trains_on_pairs:
+        return config
+    from flowgen.train.config import on_pairs
+
+    return on_pairs(config, pairs_file)
+
+
 def samples_of(workdir, n=N, seed=0):
     """n samples of the trained run (its EMA, its method's sampler, x₀ from its source) as numpy."""
     model = fg.load_model(workdir)
@@ -61,8 +83,8 @@ def w2_ratio(samples, data_name="8gaussians"):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
-def test_every_method_learns_the_2d_mixture(method, tmp_path):
-    config = toy_config(**{"method.name": method})
+def test_every_method_learns_the_2d_mixture(method, tmp_path, exact_pairs):
+    config = on_pairs_if_needed(toy_config(**{"method.name": method}), method, exact_pairs)
     train_and_evaluate(config, str(tmp_path))
     ratio = w2_ratio(samples_of(tmp_path))
     print(f"{method}: W2 ratio {ratio:.3f}")
@@ -78,14 +100,14 @@ FEW_STEP_FACTOR = 1.5
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", FEW_STEP)
-def test_few_step_methods_learn_one_step_generation(method, tmp_path):
+def test_few_step_methods_learn_one_step_generation(method, tmp_path, exact_pairs):
     """1 NFE with the method's own sampler (its default options; rectified flow at 1 Euler step scores ~7x). Time
     features of 10·t, not 1000·t: MeanFlow's loss differentiates the network in time (flowgen/methods/meanflow.py)."""
     sampler = METHODS[method].samplers[0]
     config = toy_config(**{"method.name": method, "sample.solver": sampler, "sample.num_steps": 1,
                            "model.kwargs": {"hidden": 128, "depth": 3, "time_scale": 10.0},
                            "train.num_steps": FEW_STEP_TRAIN_STEPS, "train.checkpoint_every": FEW_STEP_TRAIN_STEPS})
-    train_and_evaluate(config, str(tmp_path))
+    train_and_evaluate(on_pairs_if_needed(config, method, exact_pairs), str(tmp_path))
     ratio = w2_ratio(samples_of(tmp_path))
     print(f"{method} at 1 NFE: W2 ratio {ratio:.3f}")
     assert ratio <= FEW_STEP_FACTOR, f"{method}: 1-NFE exact W2 {ratio:.2f}x the floor (limit {FEW_STEP_FACTOR})"
@@ -102,21 +124,10 @@ def test_a_non_gaussian_source_is_carried_onto_the_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_given_pairs_train_end_to_end(tmp_path):
+def test_given_pairs_train_end_to_end(tmp_path, exact_pairs):
     """The coupling ``given`` with a pairs file (x₀ and the exact flow's image of it, as reflow makes them)."""
-    from flowgen.data.pairs import write_pairs
-
-    mixture = toy.toy_mixture("8gaussians")
-    path = fg.paths.get("linear")
-    noise = jax.random.normal(jax.random.key(7), (4096, 2), jnp.float32)
-    x_data, _ = fg.sample(mixture.model(path, "velocity"), path, target="velocity", solver="heun", num_steps=64,
-                          noise=noise)
-    file = str(tmp_path / "pairs.npz")
-    write_pairs(file, x_data, noise, teacher="exact 8gaussians", solver="heun", num_steps=64)
-    with pytest.raises(FileExistsError):
-        write_pairs(file, x_data, noise)                        # never replaces a file
     config = toy_config(**{"data.name": "pairs", "loss.coupling": "given"})
-    config.data.kwargs = {"file": file}
+    config.data.kwargs = {"file": exact_pairs}
     train_and_evaluate(config, str(tmp_path / "run"))
     ratio = w2_ratio(samples_of(tmp_path / "run"))
     print(f"given pairs: W2 ratio {ratio:.3f}")

@@ -35,7 +35,22 @@ def tiny(**overrides):
      r"nfe \[1\] is below the minimum NFE 2 of solver 'heun' on model 'lin'.*valid: nfe >= 2"),
     ({"guidance": (None, 2.0)}, r"guidance \[2.0\] given, but model 'lin' is unconditional"),
     ({"metrics": ("pixel_fd",)}, r"metric 'pixel_fd' does not fit the data 'circle' of model 'lin'; metrics for "
-                                 r"'circle': sliced_w2, nll_gap"),
+                                 r"'circle': sliced_w2, w2, nll_gap, ode_error, straightness"),
+    ({"solvers": ("meanflow",)}, r"solver 'meanflow' is the own sampler of method\(s\) meanflow; model 'lin' "
+                                 r"\(analytic\) has none"),
+    ({"solvers": ("meanflo",)}, r"unknown solver 'meanflo'.*or a method's own sampler: meanflow, shortcut"),
+    ({"solvers": ("meanflow:steps=2",)}, r"sampler 'meanflow' \(method meanflow\) takes no options"),
+    ({"models": {"m": {"analytic": "circle", "solvers": "euler"}}}, r"model 'm': 'solvers' must be a non-empty list"),
+    ({"models": {"m": {"analytic": "circle", "teacher": "x"}}}, r"model 'm': 'teacher' and 'pairs' apply to a "
+                                                                r"training config \('train'\) only"),
+    ({"models": {"a": {"train": "configs/toy2d_rf.py:small", "teacher": "b"},
+                 "b": {"train": "configs/toy2d_rf.py:small", "teacher": "a"}}}, r"its teachers form a cycle"),
+    ({"models": {"a": {"train": "configs/toy2d_rf.py:small", "teacher": "nobody"}}},
+     r"model 'a': teacher 'nobody' is not a model of the sweep; models: a"),
+    ({"models": {"a": {"train": "configs/toy2d_rf.py:small", "teacher": "lin", "pairs": {"num_pair": 3}}}},
+     r"unknown pairs settings \['num_pair'\]; valid: num_pairs, solver"),
+    ({"models": {"a": {"train": "configs/toy2d_rf.py:small", "teacher": "g"}, "g": {"analytic": "8gaussians"}}},
+     r"model 'a' trains on the pairs of 'g' \(data '8gaussians'.*names data 'circle'"),
     ({"metrics": ("fid",)}, r"unknown metric 'fid'; valid metrics: .*pixel_fd"),
     ({"nfe": (0, 4)}, r"nfe must be a non-empty list of integers >= 1"),
     ({"solvers": ("euler_maruyama",)}, r"solver 'euler_maruyama' cannot sample model 'lin': the diffusion w\(t\) "

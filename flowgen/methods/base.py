@@ -39,6 +39,9 @@ class Method:
     #: Names of the method's own samplers that ``sample.solver`` may name besides ``fg.sample``'s solvers (a
     #: few-step method's sampler, e.g. "meanflow"); ``sample`` dispatches on them.
     samplers: ClassVar[tuple[str, ...]] = ()
+    #: True if the method trains on a teacher's pairs only (``data.name = "pairs"``, coupling "given"; e.g.
+    #: distillation), never on a data set directly.
+    trains_on_pairs: ClassVar[bool] = False
 
     path: Path
     source: Source = GAUSSIAN
@@ -50,6 +53,21 @@ class Method:
 
     def make_loss(self, apply):
         raise NotImplementedError
+
+    def solver_model(self, apply):
+        """The network as ``fg.sample``'s solvers call it: ``(params, x_t, t[, cond])`` → a ``prediction``."""
+        return apply
+
+    def sampler_steps(self, sampler: str, nfe_budget: int) -> int | None:
+        """The most steps of the method's own ``sampler`` whose NFE fits ``nfe_budget``, or None if none does (what
+        an NFE sweep asks). Default: one network call per step, and the largest count ``check_sampler`` accepts."""
+        for num_steps in range(int(nfe_budget), 0, -1):
+            try:
+                self.check_sampler(sampler, num_steps, "uniform")
+            except ValueError:
+                continue
+            return num_steps
+        return None
 
     def check_sampler(self, solver: str, num_steps: int, grid: str, guidance=None) -> None:
         """Raise ValueError (naming the ``sample.*`` key, the value and the valid ones) if the method's own sampler

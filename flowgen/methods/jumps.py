@@ -73,7 +73,7 @@ class JumpMethod(FlowMatching):
         if guidance is not None and not self.guidable:
             raise ValueError(f"sample.guidance={guidance!r}: sampler {solver!r} samples unguided (leave it None)")
 
-    def velocity_model(self, apply):
+    def solver_model(self, apply):
         """``(params, x_t, t[, cond])`` → the network at extra time(s) 0: the instantaneous velocity. The same
         function object for the same ``apply`` (so ``fg.sample`` compiles once)."""
         cache = self.__dict__.setdefault("_velocity_models", {})
@@ -96,7 +96,7 @@ class JumpMethod(FlowMatching):
             kwargs = {} if cond is None else {"cond": cond}
             if guidance is not None:
                 kwargs.update(guidance=guidance, null_cond=null_cond)
-            return fg.sample(self.velocity_model(apply), self.path, target="velocity", solver=solver,
+            return fg.sample(self.solver_model(apply), self.path, target="velocity", solver=solver,
                              num_steps=num_steps, grid=grid, key=key, noise=noise, params=params, **kwargs)
         self.check_sampler(solver, num_steps, grid, guidance)
         if guidance is not None and (cond is None or null_cond is None):

@@ -74,7 +74,7 @@ def execute(task: Task) -> None:
         raise ValueError(f"unknown task stage {task.stage!r}; valid: point")
     with open(config_file(task.workdir), "rb") as f:
         resolved = pickle.load(f)
-    runner.evaluate({**resolved, "models": {task.model: resolved["models"][task.model]}}, task.workdir)
+    runner.evaluate(resolved, task.workdir, only=task.model)       # the other models: its teachers, if any
 
 
 # ------------------------------------------------------------------------------------------------ launchers

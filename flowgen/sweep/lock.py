@@ -43,8 +43,22 @@ def _holder(path: str) -> tuple[int, str] | None:
         return None
 
 
-def acquire(directory: str) -> str:
-    """Take ``directory/.lock`` for this process (re-entrant for the holder); returns its path."""
+def acquire(directory: str, wait: float = 0.0) -> str:
+    """Take ``directory/.lock`` for this process (re-entrant for the holder); returns its path. With ``wait`` > 0,
+    a live holder is waited for (polling every second) up to ``wait`` seconds before ``LockedError``."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return _acquire(directory)
+        except LockedError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(1.0)
+
+
+def _acquire(directory: str) -> str:
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, NAME)
     me = (os.getpid(), socket.gethostname())
@@ -80,8 +94,9 @@ def release(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def held(directory: str):
-    """``with held(workdir):`` — the lock for the block; released on exit (a killed process leaves it stale)."""
+def held(directory: str, wait: float = 0.0):
+    """``with held(workdir):`` — the lock for the block; released on exit (a killed process leaves it stale).
+    ``wait``: seconds to wait for a live holder (``acquire``)."""
     import jax
 
     path = os.path.join(directory, NAME)
@@ -89,7 +104,7 @@ def held(directory: str):
         yield path
         return
     outer = _holder(path) == (os.getpid(), socket.gethostname())     # already ours (re-entered): the outer releases
-    acquire(directory)
+    acquire(directory, wait)
     try:
         yield path
     finally:

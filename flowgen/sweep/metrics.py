@@ -134,6 +134,33 @@ class SlicedW2(Metric):
         return sliced_w2(np.asarray(samples, np.float64).reshape(len(samples), -1), self._true, self._directions)
 
 
+class ExactW2(Metric):
+    """Exact W2 (an optimal assignment by scipy, ``flowgen.evals.sample_metrics.wasserstein2``) to as many fresh
+    held-out samples of the 2-D data set; floor: the same between independent true sets of that size (averaged)."""
+
+    name = "w2"
+    description = "exact W2 (optimal assignment) to fresh held-out data samples"
+
+    @classmethod
+    def fits(cls, data_name):
+        from flowgen.data import toy
+
+        return data_name in toy.TOY_DATASETS
+
+    def __init__(self, data_name, num_samples):
+        from flowgen.data import toy
+
+        super().__init__(data_name, num_samples)
+        self._true = np.asarray(toy.toy_batch(data_name, 23456, 0, num_samples), np.float64)
+        self.reference = f"{num_samples} held-out samples of {data_name!r}"
+        self.floor, self.floor_note = _floor(self, data_name, num_samples, lambda v: v)
+
+    def __call__(self, samples):
+        from flowgen.evals.sample_metrics import wasserstein2
+
+        return wasserstein2(np.asarray(samples, np.float64).reshape(len(samples), -1), self._true)
+
+
 class NLLGap(Metric):
     """mean −log p(samples) − mean −log p(true samples) under the exact density of a Gaussian-mixture data set."""
 
@@ -195,7 +222,40 @@ class ODEError(Metric):
         return float(np.sqrt(np.mean(diff**2)))
 
 
-METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (DigitsFID, PixelFrechet, SlicedW2, NLLGap, ODEError)}
+class Straightness(Metric):
+    """Liu et al. 2023's straightness of the model's probability-flow ODE, S = (1/T)·∫ ‖(x_end − x_start)/T −
+    v(x_t, t)‖² dt averaged over trajectories (``flowgen.evals.sample_metrics.straightness``; on [0, 1] exactly
+    Liu et al.'s S, 0 for straight constant-speed paths), on the trajectories from the cell's noise over its
+    interval solved by RK4 with ``STEPS`` steps (``context.trajectory``). A property of the model, not of the cell's
+    solver: the same for every solver and budget of a model and seed. NaN for a method's own sampler (its jumps
+    follow no ODE) and for guided cells."""
+
+    name = "straightness"
+    description = "Liu et al.'s straightness of the model's ODE (RK4, 64 steps), 0 = straight"
+    needs_context = True
+    STEPS = 64
+
+    @classmethod
+    def fits(cls, data_name):
+        return True
+
+    def __init__(self, data_name, num_samples):
+        super().__init__(data_name, num_samples)
+        self.reference = f"the model's own ODE from the cell's noise (RK4, {self.STEPS} steps)"
+        self.floor_note = "none: 0 is straight"
+
+    def __call__(self, samples, context):
+        from flowgen.evals.sample_metrics import straightness
+
+        if context.cell.solver.own or context.cell.guidance is not None:
+            return math.nan
+        times, xs, vs = context.trajectory(self.STEPS)
+        flat = lambda a: a.reshape(a.shape[0], a.shape[1], -1)  # noqa: E731
+        return straightness(times, flat(xs), flat(vs))
+
+
+METRICS: dict[str, type[Metric]] = {cls.name: cls for cls in (DigitsFID, PixelFrechet, SlicedW2, ExactW2, NLLGap,
+                                                                ODEError, Straightness)}
 
 
 def score(metric: Metric, samples, context) -> float:

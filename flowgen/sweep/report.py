@@ -174,7 +174,9 @@ def plot(path: str, name: str, table: list[dict], metrics: dict) -> None:
     from matplotlib.figure import Figure
 
     models = list(dict.fromkeys(r["model"] for r in table))
-    panels = list(dict.fromkeys((r["series"], r["guidance"]) for r in table)) or [("", None)]
+    finite = [r for r in table if r["status"] == "done" and np.isfinite(r[f"{name}_mean"])]
+    # panels with a finite value only (e.g. straightness is NaN for a method's own sampler: no empty panel)
+    panels = list(dict.fromkeys((r["series"], r["guidance"]) for r in finite)) or [("", None)]
     fig = Figure(figsize=(4.6 * len(panels) + 2.5, 4.4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False, sharex=True, sharey=True)[0]

@@ -16,6 +16,7 @@ call (``jax.monitoring`` events), ``sampling_seconds`` the rest of its wall time
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import time
@@ -61,21 +62,60 @@ class Ready:
     fn: object
     params: object
     identity: dict
+    sample_apply: object = None     # the network as the method's own samplers take it (trained models)
 
 
 def _train(m: spec_lib.ModelSpec, workdir: str) -> str:
     """Train (or finish training) ``m`` in WORKDIR/models/NAME, holding its lock (``flowgen.sweep.lock``); a
-    finished run is only loaded."""
+    finished run is only loaded. A model with a teacher first gets the teacher's pairs (``pairs_file``)."""
     from flowgen.sweep import lock
+    from flowgen.train import config as config_lib
     from flowgen.train.loop import train_and_evaluate
 
     model_dir = os.path.join(workdir, "models", m.name)
     if _trained(m, workdir):
         return model_dir
+    config = m.source
+    if m.teacher is not None:
+        config = config_lib.on_pairs(config, pairs_file(m, workdir))
+        config_lib.validate(config)
     with lock.held(model_dir):
         log.info("training model %r in %s (%d steps)", m.name, model_dir, m.source.train.num_steps)
-        train_and_evaluate(m.source, model_dir)
+        train_and_evaluate(config, model_dir)
     return model_dir
+
+
+def pairs_file(m: spec_lib.ModelSpec, workdir: str) -> str:
+    """The pairs of ``m``'s teacher with ``m.pairs``' settings: WORKDIR/pairs/TEACHER-HASH/pairs.npz (one file per
+    teacher and settings, shared by the models that ask for it), generated if missing (``flowgen.reflow``: resumable,
+    written once) under that directory's lock (waiting while another task writes it). The teacher is trained first if
+    it is not yet (under its own lock)."""
+    import hashlib
+    import json
+
+    from flowgen import reflow
+    from flowgen.sweep import lock
+
+    settings = dict(m.pairs)
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    directory = os.path.join(workdir, "pairs", f"{m.teacher.name}-{digest}")
+    file = os.path.join(directory, "pairs.npz")
+    if os.path.exists(file):
+        return file
+    t = m.teacher
+    with lock.held(directory, wait=24 * 3600):
+        if os.path.exists(file):
+            return file
+        if t.kind == "analytic":
+            teacher = reflow.analytic_teacher(t.data_name, t.path, t.target)
+        else:
+            teacher = reflow.workdir_teacher(_train(t, workdir) if t.kind == "train" else t.source,
+                                             settings["params"])
+        log.info("pairs of %r for %r: %d, %s at %d steps", t.name, m.name, settings["num_pairs"], settings["solver"],
+                 settings["num_steps"])
+        reflow.generate_pairs(teacher, file, **{k: settings[k] for k in ("num_pairs", "solver", "num_steps", "seed",
+                                                                          "chunk", "grid")})
+    return file
 
 
 def prepare(m: spec_lib.ModelSpec, workdir: str) -> Ready:
@@ -83,12 +123,12 @@ def prepare(m: spec_lib.ModelSpec, workdir: str) -> Ready:
         from flowgen.data import toy
 
         exact = toy.toy_mixture(m.data_name).model(m.path, m.target)
-        apply, params = (lambda params, x, t, *cond: exact(x, t)), {}
+        apply, params, sample_apply = (lambda params, x, t, *cond: exact(x, t)), {}, None
         identity = {"analytic": m.data_name, "path": repr(m.path), "target": m.target}
     else:
         model_dir = _train(m, workdir) if m.kind == "train" else m.source
         trained = fg.load_model(model_dir, params=m.params)
-        apply, params = trained.apply, trained.params
+        apply, params, sample_apply = trained.apply, trained.params, trained.run.sample_apply
         identity = {"step": trained.step, "params": trained.params_name, "path": repr(m.path), "target": m.target}
     if m.transformed:
         from flowgen.paths.transform import schedule_transformed
@@ -99,7 +139,7 @@ def prepare(m: spec_lib.ModelSpec, workdir: str) -> Ready:
         identity.update(sample_path=repr(m.sample_path), sample_target=m.sample_target)
     else:
         fn = apply
-    return Ready(m, fn, params, identity)
+    return Ready(m, fn, params, identity, sample_apply)
 
 
 # --------------------------------------------------------------------------------------------- cells
@@ -116,7 +156,7 @@ class Cell:
 def plan(spec: spec_lib.SweepSpec, models: dict[str, Ready]) -> list[Cell]:
     cells = []
     for m in spec.models:
-        for s in spec.solvers:
+        for s in spec.solvers_of(m):
             for b in spec.nfe:
                 for w in spec.guidance:
                     for seed in spec.seeds:
@@ -178,48 +218,106 @@ class CellContext:
             self._cache[key] = np.asarray(x)[:self.spec.num_samples]
         return self._cache[key]
 
+    def trajectory(self, num_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(times (K + 1,), positions (K + 1, n, ...), velocities (K + 1, n, ...))`` of the model's
+        probability-flow ODE (unguided) from the cell's start over its interval, by RK4 with K = ``num_steps``
+        uniform steps, the velocity at every grid time; cached per model, seed and interval."""
+        c = self.cell
+        key = ("trajectory", c.model.spec.name, c.seed, self.t_start, self.t_end, num_steps)
+        if key not in self._cache:
+            m = c.model.spec
+            inputs = _inputs(c, self.spec, self.sharding)
+            x0 = (m.sample_path.sigma(self.t_start) * inputs["noise"]).astype(inputs["noise"].dtype)
+            times = np.linspace(self.t_start, self.t_end, num_steps + 1)
+            xs, vs = _rk4_trajectory(x0, inputs.get("cond"), c.model.params, jnp.asarray(times, x0.dtype),
+                                     fn=c.model.fn, path=m.sample_path, target=m.sample_target)
+            n = self.spec.num_samples
+            self._cache[key] = (times, np.asarray(xs)[:, :n], np.asarray(vs)[:, :n])
+        return self._cache[key]
+
+
+@functools.partial(jax.jit, static_argnames=("fn", "path", "target"))
+def _rk4_trajectory(x0, cond, params, times, *, fn, path, target):
+    """Positions and velocities at every time of ``times`` of dx/dt = v(x, t) from x0 by classical RK4."""
+    from flowgen.paths import targets as targets_lib
+
+    convert = targets_lib.get_target(target)
+
+    def velocity(x, t):
+        tt = jnp.full((x.shape[0],), t, times.dtype)
+        prediction = fn(params, x, tt, *(() if cond is None else (cond,)))
+        return convert.velocity(prediction, x, path.coefficients(tt)).astype(x.dtype)
+
+    def step(x, ends):
+        t0, t1 = ends
+        h = t1 - t0
+        k1 = velocity(x, t0)
+        k2 = velocity(x + 0.5 * h * k1, t0 + 0.5 * h)
+        k3 = velocity(x + 0.5 * h * k2, t0 + 0.5 * h)
+        k4 = velocity(x + h * k3, t1)
+        return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4), (x, k1)
+
+    x_end, (xs, vs) = jax.lax.scan(step, x0, (times[:-1], times[1:]))
+    return jnp.concatenate([xs, x_end[None]]), jnp.concatenate([vs, velocity(x_end, times[-1])[None]])
+
 
 def generate(cell: Cell, spec: spec_lib.SweepSpec, num_steps: int, sharding: NamedSharding):
     """Samples (num_samples, *shape) as numpy, the sampler's info, compile and sampling seconds."""
     m = cell.model.spec
     n = spec.num_samples
-    solver = cell.solver.build()
     compiled_before = _compile_seconds[0]
     start = time.perf_counter()
-    x, info = fg.sample(cell.model.fn, m.sample_path, target=m.sample_target, solver=solver, grid=spec.grid,
-                        num_steps=num_steps, t_start=m.t_start, t_end=m.t_end,
-                        key=jax.random.fold_in(jax.random.key(cell.seed), 1), params=cell.model.params,
-                        **_inputs(cell, spec, sharding))
+    key = jax.random.fold_in(jax.random.key(cell.seed), 1)
+    if cell.solver.own:                  # the method's own sampler (a few-step method's jumps)
+        x, info = m.method.sample(cell.model.sample_apply, cell.model.params, key=key, solver=cell.solver.name,
+                                  num_steps=num_steps, grid="uniform", **_inputs(cell, spec, sharding))
+    else:
+        x, info = fg.sample(cell.model.fn, m.sample_path, target=m.sample_target, solver=cell.solver.build(),
+                            grid=spec.grid, num_steps=num_steps, t_start=m.t_start, t_end=m.t_end, key=key,
+                            params=cell.model.params, **_inputs(cell, spec, sharding))
     x = np.asarray(jax.block_until_ready(x))[:n]
     wall = time.perf_counter() - start
     compile_seconds = _compile_seconds[0] - compiled_before
     return x, jax.device_get(info), compile_seconds, max(wall - compile_seconds, 0.0)
 
 
+def _stochastic(cell: Cell) -> bool:
+    if cell.solver.own:
+        return cell.solver.name in getattr(cell.model.spec.method, "stochastic_samplers", ())
+    return cell.solver.build().stochastic
+
+
 def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: NamedSharding, cache: dict):
     """(record, samples): the cell's JSON record with every metric of ``spec``, and its samples (None if the
     budget is below the solver's minimum NFE)."""
     m = cell.model.spec
-    solver = cell.solver.build()
+    own = cell.solver.own
+    solver = None if own else cell.solver.build()
     record = {"id": cell.id, "model": m.name, "data": m.data_name, "trained_path": repr(m.path),
               "path": repr(m.sample_path), "target": m.sample_target, "solver": cell.solver.name,
               "options": dict(cell.solver.options), "series": cell.solver.label,
-              "grid": budget.grid_name(solver, spec.grid), "nfe_budget": cell.nfe_budget, "guidance": cell.guidance,
-              "seed": cell.seed, "num_samples": spec.num_samples, "devices": sharding.mesh.size,
-              "model_identity": cell.model.identity}
-    steps = budget.steps_for_budget(solver, m.sample_path, m.sample_target, cell.nfe_budget, spec.grid, m.t_start,
-                                    m.t_end)
+              "grid": "uniform" if own else budget.grid_name(solver, spec.grid), "nfe_budget": cell.nfe_budget,
+              "guidance": cell.guidance, "seed": cell.seed, "num_samples": spec.num_samples,
+              "devices": sharding.mesh.size, "model_identity": cell.model.identity}
+    if own:
+        steps = m.method.sampler_steps(cell.solver.name, cell.nfe_budget)
+    else:
+        steps = budget.steps_for_budget(solver, m.sample_path, m.sample_target, cell.nfe_budget, spec.grid,
+                                        m.t_start, m.t_end)
     if steps is None:
-        record.update(status="unreachable", steps=None, nfe=None, forward_passes=None,
-                      minimum_nfe=budget.minimum_nfe(solver, m.sample_path, m.sample_target, spec.grid, m.t_start,
-                                                     m.t_end))
+        lowest = (next((n for n in range(1, 1025) if m.method.sampler_steps(cell.solver.name, n) is not None), None)
+                  if own else budget.minimum_nfe(solver, m.sample_path, m.sample_target, spec.grid, m.t_start,
+                                                 m.t_end))
+        record.update(status="unreachable", steps=None, nfe=None, forward_passes=None, minimum_nfe=lowest)
         return record, None
     x, info, compile_seconds, sampling_seconds = generate(cell, spec, steps, sharding)
-    while int(info["nfe"]) > cell.nfe_budget and steps > budget.min_steps(solver):   # a cost not affine in n
-        steps -= 1
+    while int(info["nfe"]) > cell.nfe_budget and steps > (1 if own else budget.min_steps(solver)):
+        steps -= 1                                                                  # a cost not affine in n
+        if own and m.method.sampler_steps(cell.solver.name, steps) != steps:
+            continue
         x, info, compile_seconds, sampling_seconds = generate(cell, spec, steps, sharding)
     grid = np.asarray(info["grid"], np.float64)
-    context = CellContext(cell, spec, sharding, float(grid[0]), float(grid[-1]), solver.stochastic, cache)
+    context = CellContext(cell, spec, sharding, float(grid[0]), float(grid[-1]), _stochastic(cell), cache)
     record.update(status="done", steps=steps, nfe=int(info["nfe"]), forward_passes=int(info["forward_passes"]),
                   t_start=float(grid[0]), t_end=float(grid[-1]), compile_seconds=compile_seconds,
                   sampling_seconds=sampling_seconds,
@@ -243,8 +341,8 @@ def add_metrics(record: dict, cell: Cell, spec: spec_lib.SweepSpec, metrics: dic
             samples = store.read_samples(cells_dir, record["id"])
             if samples is None:
                 raise FileNotFoundError(f"cell {record['id']} has no saved samples to score with {name!r}")
-            context = CellContext(cell, spec, sharding, record["t_start"], record["t_end"],
-                                  cell.solver.build().stochastic, cache)
+            context = CellContext(cell, spec, sharding, record["t_start"], record["t_end"], _stochastic(cell),
+                                  cache)
             store.write_once(cells_dir, side, {"metric": name,
                                                "value": score(metrics[(name, record["data"])], samples, context)})
             found = store.read(cells_dir, side)
@@ -260,10 +358,12 @@ def _trained(m: spec_lib.ModelSpec, workdir: str) -> bool:
     return bool(steps) and max(steps) >= m.source.train.num_steps
 
 
-def evaluate(config, workdir: str, progress: bool = True) -> None:
-    """Sample and score every missing cell of the sweep ``config`` (its models trained or loaded in this process);
-    the cells stage of one model in ``flowgen.sweep.launch``."""
+def evaluate(config, workdir: str, progress: bool = True, only: str | None = None) -> None:
+    """Sample and score every missing cell of the sweep ``config`` (its models trained or loaded in this process),
+    or only of model ``only``: the task of one model in ``flowgen.sweep.launch``."""
     spec = spec_lib.parse(config)
+    if only is not None:
+        spec = dataclasses.replace(spec, models=tuple(m for m in spec.models if m.name == only))
     _listen_to_compiles()
     models = {m.name: prepare(m, workdir) for m in spec.models}
     cells_dir = os.path.join(workdir, "cells")
@@ -284,6 +384,27 @@ def evaluate(config, workdir: str, progress: bool = True) -> None:
                 store.write_samples_once(cells_dir, cell.id, samples)
             store.write_once(cells_dir, cell.id, record)
             bar.done(what, record)
+
+
+def _run_in_waves(launcher, spec: spec_lib.SweepSpec, todo: list[str], workdir: str) -> list:
+    """The tasks of ``todo`` through ``launcher``, in waves by teacher depth: a model trained on a teacher's pairs
+    runs after its teacher's wave; one whose teacher failed is reported failed, not run."""
+    from flowgen.sweep import launch
+
+    by_name = {m.name: m for m in spec.models}
+    failures: list = []
+    for depth in sorted({by_name[n].depth for n in todo}):
+        wave = []
+        for name in (n for n in todo if by_name[n].depth == depth):
+            task = launch.Task("point", name, workdir)
+            teacher = by_name[name].teacher
+            bad = next((f for f in failures if teacher is not None and f.task.model == teacher.name), None)
+            if bad is not None:
+                failures.append(launch.Failure(task, bad.log, f"its teacher {teacher.name!r} failed"))
+            else:
+                wave.append(task)
+        failures += launcher.run(wave) if wave else []
+    return failures
 
 
 class _Progress:
@@ -349,7 +470,7 @@ def run(config, workdir: str, progress: bool = True) -> dict:
         todo = [m.name for m in spec.models if m.name in todo]                       # the config's order
         log.info("%d model(s), %d to train and/or evaluate with the %s launcher", len(spec.models), len(todo),
                  launcher.name)
-        failures = launcher.run([launch.Task("point", name, workdir) for name in todo])
+        failures = _run_in_waves(launcher, spec, todo, workdir)
         failed = {f.task.model for f in failures}
         good = [m for m in spec.models if m.name not in failed]
         models = {m.name: prepare(m, workdir) for m in good}

@@ -20,8 +20,13 @@
                    {"analytic": DATA, "path": NAME, "target": T}  the exact model of a 2-D mixture (e.g. "circle")
                  optional keys: "params" ("ema", "params", "ema_0.999"), "sample_path" (sample under another path:
                  the exact schedule transformation, ``flowgen.paths.transform``), "sample_target", and "t_start",
-                 "t_end" (the grid's ends; default the path's interval)
-    solvers      ("euler", "ddim:eta=1", ...): a name in ``fg.solvers.SOLVERS`` with options name:key=value
+                 "t_end" (the grid's ends; default the path's interval); "solvers" (this model's own list instead
+                 of the sweep's); for a "train" model, "teacher": the name of another model of the sweep, whose
+                 pairs (``flowgen.reflow``) it trains on instead of its data set (reflow, distillation), with
+                 "pairs": {"num_pairs", "solver", "num_steps", "seed", "params", "chunk", "grid"} (``PAIRS``)
+    solvers      ("euler", "ddim:eta=1", ...): a name in ``fg.solvers.SOLVERS`` with options name:key=value, or
+                 a method's own sampler ("meanflow", "shortcut", "one_step": ``Method.samplers``; the model's
+                 method samples, with the most steps ``Method.sampler_steps`` fits in the budget)
     nfe          NFE budgets; each cell runs the most steps whose measured NFE fits the budget
     guidance     (None,) or weights w for classifier-free guidance (conditional models only; None = no guidance)
     seeds        one noise draw per seed (shared by every solver and budget: common random numbers)
@@ -53,20 +58,38 @@ KEYS = ("models", "solvers", "nfe", "guidance", "seeds", "metrics", "num_samples
 ABLATION_KEYS = ("base", "overrides", "product", "zip", "options")
 DTYPES = ("float32", "float64")
 MODEL_KINDS = ("workdir", "train", "analytic")
-MODEL_OPTIONS = ("params", "sample_path", "sample_target", "path", "target", "t_start", "t_end")
+MODEL_OPTIONS = ("params", "sample_path", "sample_target", "path", "target", "t_start", "t_end", "solvers",
+                 "teacher", "pairs")
+#: A teacher's pairs (``flowgen.reflow.generate_pairs``): the defaults of a model's "pairs" (params: the teacher's).
+PAIRS = {"num_pairs": 10000, "solver": "rk4", "num_steps": 32, "seed": 0, "params": None, "chunk": 4096,
+         "grid": "uniform"}
 
 
 @dataclasses.dataclass(frozen=True)
 class SolverSpec:
     name: str
     options: tuple[tuple[str, object], ...]
+    own: bool = False      # a method's own sampler (``Method.samplers``): the model's method samples
 
     @property
     def label(self) -> str:
         return self.name if not self.options else f"{self.name}({', '.join(f'{k}={v}' for k, v in self.options)})"
 
     def build(self) -> fg.solvers.Solver:
+        if self.own:
+            raise ValueError(f"{self.name!r} is a method's own sampler, not a solver of fg.sample")
         return fg.solvers.get(self.name, **dict(self.options))
+
+
+def method_samplers() -> dict[str, tuple[str, ...]]:
+    """{sampler name: the methods that have it}: the methods' own samplers a sweep may name."""
+    from flowgen.methods import METHODS
+
+    out: dict[str, tuple[str, ...]] = {}
+    for name, cls in METHODS.items():
+        for sampler in cls.samplers:
+            out[sampler] = out.get(sampler, ()) + (name,)
+    return out
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -87,10 +110,19 @@ class ModelSpec:
     t_start: float | None           # grid ends (set when sampling under another path)
     t_end: float | None
     knobs: tuple[tuple[str, object], ...] = ()     # the ablation's overrides that name this model
+    method: object = None           # the training method (None for an analytic model)
+    solvers: tuple | None = None    # this model's solvers (None: the sweep's)
+    teacher: object = None          # the ModelSpec whose pairs it trains on (reflow, distillation), or None
+    pairs: tuple[tuple[str, object], ...] = ()      # the pair generation settings (``PAIRS``)
 
     @property
     def transformed(self) -> bool:
         return self.sample_path is not self.path
+
+    @property
+    def depth(self) -> int:
+        """0 for a model trained on its data; 1 + its teacher's depth for one trained on a teacher's pairs."""
+        return 0 if self.teacher is None else 1 + self.teacher.depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +140,9 @@ class SweepSpec:
     dtype: str = "float32"
     launcher: tuple[tuple[str, object], ...] = (("name", "local"),)
 
+    def solvers_of(self, model: ModelSpec) -> tuple[SolverSpec, ...]:
+        return self.solvers if model.solvers is None else model.solvers
+
     @property
     def knob_keys(self) -> tuple[str, ...]:
         """The ablation's knobs over all models, in order (columns of the report)."""
@@ -118,6 +153,12 @@ def parse_solver(text: str, allow_adaptive: bool = False) -> SolverSpec:
     """``"name[:option=value...]"`` (values as Python literals) -> SolverSpec, checked by building the solver; an
     adaptive solver is refused unless ``allow_adaptive`` (an NFE sweep needs fixed-step solvers)."""
     name, *opts = str(text).strip().split(":")
+    name = name.strip()
+    own = method_samplers()
+    if name in own and name not in fg.solvers.SOLVERS:
+        if opts:
+            raise ValueError(f"sampler {name!r} (method {', '.join(own[name])}) takes no options; got {text!r}")
+        return SolverSpec(name, (), own=True)
     options = []
     for opt in opts:
         key, sep, value = opt.partition("=")
@@ -128,8 +169,13 @@ def parse_solver(text: str, allow_adaptive: bool = False) -> SolverSpec:
         except (ValueError, SyntaxError):
             value = value.strip()
         options.append((key.strip(), value))
-    spec = SolverSpec(name.strip(), tuple(options))
-    solver = spec.build()                      # unknown names/options/values raise a ValueError naming the valid ones
+    spec = SolverSpec(name, tuple(options))
+    try:
+        solver = spec.build()                  # unknown names/options/values raise a ValueError naming the valid ones
+    except ValueError as e:
+        if name in fg.solvers.SOLVERS:
+            raise
+        raise ValueError(f"{e}; or a method's own sampler: {', '.join(own)}") from None
     if not allow_adaptive and budget.is_adaptive(solver):
         raise ValueError(f"solver {spec.label!r} is adaptive (its NFE follows its tolerance, not a budget); an NFE "
                          "sweep needs a fixed-step solver")
@@ -253,6 +299,25 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
                          f"{', '.join(MODEL_OPTIONS)}); got keys {sorted(entry)}")
     kind = kinds[0]
     params = entry.get("params") or "ema"
+    solvers = None
+    if entry.get("solvers") is not None:
+        raw = entry["solvers"]
+        if isinstance(raw, str) or not hasattr(raw, "__len__") or not raw:
+            raise ValueError(f"model {name!r}: 'solvers' must be a non-empty list of solver names; got {raw!r}")
+        solvers = tuple(parse_solver(text) for text in raw)
+    teacher, pairs = entry.get("teacher"), ()
+    if teacher is not None or entry.get("pairs"):
+        if kind != "train":
+            raise ValueError(f"model {name!r}: 'teacher' and 'pairs' apply to a training config ('train') only")
+        if not isinstance(teacher, str) or not teacher:
+            raise ValueError(f"model {name!r}: 'pairs' needs 'teacher' (the name of another model of the sweep); "
+                             f"got teacher={teacher!r}")
+        given = dict(entry.get("pairs") or {})
+        bad = sorted(set(given) - set(PAIRS))
+        if bad:
+            raise ValueError(f"model {name!r}: unknown pairs settings {bad}; valid: {', '.join(PAIRS)}")
+        pairs = tuple(sorted({**PAIRS, **given}.items()))
+    method = None
     if kind == "analytic":
         from flowgen.data import toy
 
@@ -267,11 +332,14 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
             raise ValueError(f"model {name!r}: 'path'/'target' are set by its training config; use 'sample_path' "
                              "to sample under another path")
         if kind == "train":
-            source = load_training_config(entry["train"])
+            data_config = source = load_training_config(entry["train"])
+            if teacher:                          # trained on the teacher's pairs: the file is written before it trains
+                source = config_lib.on_pairs(source, "")
             try:
-                config_lib.validate(source)
+                config_lib.validate(source, pairs_pending=bool(teacher))
             except ValueError as e:
                 raise ValueError(f"model {name!r}: {e}") from None
+            data_config = config_lib.upgrade(data_config)
         else:
             source = os.path.abspath(entry["workdir"])
             if not os.path.isdir(source):
@@ -282,10 +350,11 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
             if not os.path.isdir(ckpt) or not any(d.isdigit() for d in os.listdir(ckpt)):
                 raise ValueError(f"model {name!r}: workdir {source!r} has no checkpoint yet; train it first "
                                  f"(python -m flowgen.main --config=... --workdir={source})")
-        cfg = config_lib.upgrade(source) if kind == "train" else config_lib.saved_config(source)
-        data = cfg.data.name
-        shape = config_lib.element_shape(cfg.data)
-        num_classes = cfg.model.num_classes or None
+            data_config = config_lib.saved_config(source)
+        cfg = config_lib.upgrade(source) if kind == "train" else data_config
+        data = config_lib.data_name_of(data_config)
+        shape = config_lib.element_shape(data_config.data)
+        num_classes = data_config.model.num_classes or None
         method = config_lib.build_method(cfg)
         path, target = method.path, method.prediction
     sample_path, t_start, t_end = path, None, None
@@ -300,8 +369,10 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
             if sample_path is not path:
                 raise ValueError(f"model {name!r}: {key} is set by sample_path (the matching interval)")
             t_start, t_end = (float(entry[key]), t_end) if key == "t_start" else (t_start, float(entry[key]))
+    if solvers and any(x.own for x in solvers) and sample_path is not path:
+        raise ValueError(f"model {name!r}: sample_path applies to fg.sample's solvers, not to a method's own sampler")
     return ModelSpec(name, kind, source, params, data, shape, num_classes, path, target, sample_path,
-                     sample_target, t_start, t_end, knobs)
+                     sample_target, t_start, t_end, knobs, method, solvers, teacher, pairs)
 
 
 def _ints(values, key: str, minimum: int) -> tuple[int, ...]:
@@ -366,7 +437,7 @@ def parse(config) -> SweepSpec:
         raise ValueError(f"the sweep config needs {', '.join(missing)}")
     launcher = _launcher(c.get("launcher"))
     raw_models = resolve(config)["models"]
-    models = tuple(_model_spec(name, dict(entry)) for name, entry in raw_models.items())
+    models = _with_teachers(tuple(_model_spec(name, dict(entry)) for name, entry in raw_models.items()))
     solvers = tuple(parse_solver(s) for s in c["solvers"])
     nfe = _ints(c["nfe"], "nfe", 1)
     seeds = _ints(c.get("seeds") or (0,), "seeds", 0)
@@ -394,7 +465,12 @@ def parse(config) -> SweepSpec:
     spec = SweepSpec(models, solvers, nfe, guidance, seeds, metrics, num_samples, grid,
                      bool(c.get("skip_unreachable", False)), c.get("title") or "NFE sweep", dtype, launcher)
     for m in models:
-        for s in solvers:
+        for s in spec.solvers_of(m):
+            if s.own:
+                _check_own_sampler(m, s, nfe, spec.skip_unreachable)
+                continue
+            if m.method is not None and s.name in m.method.samplers:
+                raise ValueError(f"{s.name!r} names both a solver and model {m.name!r}'s own sampler")
             # A dry run of the sampler: refuses path/target/solver/grid combinations that cannot run, and measures
             # the solver's minimum NFE on this path.
             try:
@@ -407,3 +483,50 @@ def parse(config) -> SweepSpec:
                                  f"{m.name!r} (path {m.sample_path!r}); valid: nfe >= {lowest}, or set "
                                  "skip_unreachable=True to report such cells as unreachable")
     return spec
+
+
+def _check_own_sampler(m: ModelSpec, s: SolverSpec, nfe, skip_unreachable: bool) -> None:
+    """A method's own sampler named for model ``m``: its method must have it, and (unless ``skip_unreachable``)
+    every budget must fit at least one of its steps."""
+    if m.method is None or s.name not in m.method.samplers:
+        has = m.method.samplers if m.method is not None else ()
+        raise ValueError(f"solver {s.name!r} is the own sampler of method(s) {', '.join(method_samplers()[s.name])}; "
+                         f"model {m.name!r} ({m.method.name if m.method else m.kind}) has "
+                         f"{'the own samplers ' + ', '.join(has) if has else 'none'}; give the model its own "
+                         "'solvers' list")
+    if m.transformed:
+        raise ValueError(f"model {m.name!r}: sample_path applies to fg.sample's solvers, not to sampler {s.name!r}")
+    below = [n for n in nfe if m.method.sampler_steps(s.name, n) is None]
+    if below and not skip_unreachable:
+        raise ValueError(f"nfe {below} fit no step count of sampler {s.name!r} on model {m.name!r}; set "
+                         "skip_unreachable=True to report such cells as unreachable")
+
+
+def _with_teachers(models: tuple[ModelSpec, ...]) -> tuple[ModelSpec, ...]:
+    """The models with each ``teacher`` name replaced by that model's ModelSpec (checked: it exists, no cycle, the
+    same data), and the pairs' ``params`` defaulting to the teacher's."""
+    by_name = {m.name: m for m in models}
+    done: dict[str, ModelSpec] = {}
+
+    def resolve_one(m: ModelSpec, chain: tuple[str, ...]) -> ModelSpec:
+        if m.name in done:
+            return done[m.name]
+        if m.teacher is not None:
+            if m.teacher not in by_name:
+                raise ValueError(f"model {m.name!r}: teacher {m.teacher!r} is not a model of the sweep; models: "
+                                 f"{', '.join(by_name)}")
+            if m.teacher in chain + (m.name,):
+                raise ValueError(f"model {m.name!r}: its teachers form a cycle ({' -> '.join(chain + (m.name,))} "
+                                 f"-> {m.teacher})")
+            teacher = resolve_one(by_name[m.teacher], chain + (m.name,))
+            if (teacher.data_name, teacher.element_shape) != (m.data_name, m.element_shape):
+                raise ValueError(f"model {m.name!r} trains on the pairs of {teacher.name!r} (data "
+                                 f"{teacher.data_name!r}, shape {teacher.element_shape}) but its config names data "
+                                 f"{m.data_name!r} (shape {m.element_shape}); give both the same data")
+            pairs = dict(m.pairs)
+            pairs["params"] = pairs["params"] or teacher.params
+            m = dataclasses.replace(m, teacher=teacher, pairs=tuple(sorted(pairs.items())))
+        done[m.name] = m
+        return m
+
+    return tuple(resolve_one(m, ()) for m in models)

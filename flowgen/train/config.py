@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import os
 
 import ml_collections
 
@@ -188,6 +189,33 @@ def element_shape(data) -> tuple[int, ...]:
     return tuple(pipeline.dataset_spec(data.name).image_shape)
 
 
+def on_pairs(config, file: str) -> ml_collections.ConfigDict:
+    """A copy of ``config`` that trains on the pairs file ``file`` (``flowgen.reflow``) instead of its data set:
+    ``data.name = "pairs"``, ``data.kwargs.file``, the coupling ``given`` and the Gaussian source (the pairs bring
+    their x₀). Everything else (network, method, optimiser, schedule) is kept."""
+    c = ml_collections.ConfigDict(json.loads(config.to_json()))
+    c.data.name = PAIRS
+    c.data.kwargs = {"file": file}
+    c.loss.coupling = "given"
+    c.loss.coupling_options = {}
+    c.source.name = "gaussian"
+    c.source.kwargs = {}
+    return c
+
+
+def data_name_of(config) -> str:
+    """The data set a config's samples are of: ``data.name``, or for a pairs file the data of the teacher that
+    made it (its provenance ``teacher_data``), so the same metrics apply."""
+    if config.data.name != PAIRS:
+        return config.data.name
+    file = _kwargs(config.data.kwargs).get("file", "")
+    if file and os.path.isfile(file):
+        from flowgen.reflow import read_provenance
+
+        return read_provenance(file).get("teacher_data", PAIRS)
+    return PAIRS
+
+
 def saved_config(workdir: str) -> ml_collections.ConfigDict:
     """The run's ``config.json`` (written by the training loop) as a ConfigDict, upgraded to this version's keys.
     FileNotFoundError if the workdir has none."""
@@ -239,9 +267,10 @@ def _method_samplers(config) -> tuple[str, ...]:
     return cls.samplers if cls is not None else ()
 
 
-def validate(config) -> None:
+def validate(config, pairs_pending: bool = False) -> None:
     """Checks that need no data, no devices and no compilation; raise ValueError naming the key, the bad value and
-    the valid values."""
+    the valid values. ``pairs_pending``: the pairs file of ``data.name = "pairs"`` is written later (by a sweep's
+    teacher), so the checks that read it are skipped."""
     check_dataset_name(config.data.name)
     _choice(config.model.name, tuple(networks.NETWORKS), "model.name")
     _choice(config.model.dtype, DTYPES, "model.dtype")
@@ -286,7 +315,8 @@ def validate(config) -> None:
         if not config.model.num_classes:
             raise ValueError(f"sample.guidance={config.sample.guidance!r} needs a class-conditional model "
                              "(model.num_classes > 0); leave it unset (None) for an unconditional one")
-    num_classes, data_classes = config.model.num_classes, dataset_num_classes(config.data)
+    num_classes = config.model.num_classes
+    data_classes = 0 if pairs_pending and config.data.name == PAIRS else dataset_num_classes(config.data)
     if num_classes and data_classes and num_classes != data_classes:
         raise ValueError(f"model.num_classes={num_classes} but dataset {config.data.name!r} has {data_classes} "
                          f"classes: use {data_classes}, or 0 for an unconditional model")
