@@ -6,19 +6,22 @@
     jumps.py           what the few-step methods share: the average-velocity network's jump sampler
     meanflow.py        MeanFlow (Geng et al. 2025): average velocity u(z, t, r) from the MeanFlow identity, 1-NFE
     shortcut.py        shortcut models (Frans et al. 2024): s(x, t, d) by flow matching and self-consistency
+    consistency.py     continuous-time consistency models (Lu & Song 2024): sCT / sCD in TrigFlow, 1-2 NFE
 
 ``build(name, path=..., source=..., num_classes=..., **options)`` checks the options and builds the method.
 """
 
 from flowgen import options
 from flowgen.methods.base import Method
+from flowgen.methods.consistency import ConsistencyModel
 from flowgen.methods.flow_matching import FlowMatching
 from flowgen.methods.meanflow import MeanFlow
 from flowgen.methods.pseudo_huber import PseudoHuberFlowMatching
 from flowgen.methods.shortcut import Shortcut
 
 #: The methods a config can name (``method.name``).
-METHODS: dict[str, type[Method]] = {m.name: m for m in (FlowMatching, PseudoHuberFlowMatching, MeanFlow, Shortcut)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (FlowMatching, PseudoHuberFlowMatching, MeanFlow, Shortcut,
+                                                         ConsistencyModel)}
 
 
 def build(name: str, **kwargs) -> Method:
@@ -26,4 +29,5 @@ def build(name: str, **kwargs) -> Method:
     return options.build(METHODS, name, "method", kwargs, hidden=("path", "source", "num_classes"))
 
 
-__all__ = ["METHODS", "FlowMatching", "MeanFlow", "Method", "PseudoHuberFlowMatching", "Shortcut", "build"]
+__all__ = ["METHODS", "ConsistencyModel", "FlowMatching", "MeanFlow", "Method", "PseudoHuberFlowMatching", "Shortcut",
+           "build"]
