@@ -107,6 +107,22 @@ def test_few_step_methods_learn_one_step_generation(method, tmp_path):
 
 
 @pytest.mark.slow
+def test_consistency_distillation_learns_one_step_generation_from_a_trained_teacher(tmp_path):
+    """sCD: a flow-matching teacher on the trig path (a "v" prediction, converted to its velocity), loaded from its
+    workdir by the student's loss, distilled into a 1-NFE consistency model."""
+    train_and_evaluate(toy_config(**{"path.name": "trig", "loss.target": "v"}), str(tmp_path / "teacher"))
+    settings = METHOD_SETTINGS["consistency"]
+    config = toy_config(**{"method.name": "consistency", **settings, "sample.num_steps": 1,
+                           "method.kwargs": {**settings["method.kwargs"], "mode": "scd",
+                                             "teacher": str(tmp_path / "teacher")},
+                           "train.num_steps": FEW_STEP_TRAIN_STEPS, "train.checkpoint_every": FEW_STEP_TRAIN_STEPS})
+    train_and_evaluate(config, str(tmp_path / "student"))
+    ratio = w2_ratio(samples_of(tmp_path / "student"))
+    print(f"sCD at 1 NFE: W2 ratio {ratio:.3f}")
+    assert ratio <= FEW_STEP_FACTOR, f"sCD: 1-NFE exact W2 {ratio:.2f}x the floor (limit {FEW_STEP_FACTOR})"
+
+
+@pytest.mark.slow
 def test_a_non_gaussian_source_is_carried_onto_the_data(tmp_path):
     """moons → 8 Gaussians (Tong et al. 2023's task): x₀ from the source in training and sampling."""
     config = toy_config(**{"source.name": "moons"})
