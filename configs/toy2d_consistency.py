@@ -9,8 +9,7 @@ adaptive weight. Samples with the consistency sampler in 1 step (1 NFE) using th
 ``--config.sample.num_steps=2`` for 2 steps (re-noised at the paper's intermediate time s = 1.1).
 Measured (exact W2 of 1000 samples over the data-vs-data floor, ``tests/test_learning.py``; seeds 0, 1, 2): 1 NFE
 0.83, 0.77, 0.93; 2 NFE 0.93, 0.87, 1.00; training 24 s on 2 CPU cores (40-50 s on a shared machine). With a
-constant learning rate seed 1
-was 1.18 (1 NFE) and 1.45 (2 NFE): the decay removes most of the seed-to-seed spread.
+constant learning rate seed 1 was 1.18 (1 NFE) and 1.45 (2 NFE): the decay removes most of the seed-to-seed spread.
 For distillation (sCD) set ``method.kwargs.mode = "scd"`` and ``method.kwargs.teacher`` to the workdir of a model
 trained on the trig path (e.g. this config with ``method.name = "flow_matching"`` and ``loss.target = "v"``).
 Variant ``small`` (``--config=configs/toy2d_consistency.py:small``): 50 steps, for smoke tests.
