@@ -72,6 +72,11 @@ trig path, its prediction one that converts to a velocity where α = 0 (velocity
 ``sigma_d`` (1.0), ``warmup_steps`` (10000), ``tangent_norm`` (c = 0.1, or None), ``intermediate_times`` ((1.1,)).
 From ``config.loss``: time_sampler (+ options), label_dropout; target must be "v" (what F_θ is), weighting "uniform",
 coupling "independent".
+
+sCD's teacher is read when the method is built (its config.json, for the checks above; so a trained sCD run loads,
+e.g. to sample, only while its teacher's workdir exists) and when the loss is made (its newest good checkpoint, EMA
+parameters). Those parameters are closed over by the compiled training step as constants: right for the toy and
+small teachers; a large teacher would rather travel in the train state.
 """
 
 from __future__ import annotations
