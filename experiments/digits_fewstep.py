@@ -1,4 +1,4 @@
-"""Few-step generation on the embedded 8×8 digits: MeanFlow, shortcut, 2-RF + distillation beside the main
+"""Few-step generation on the embedded 8×8 digits: MeanFlow, sCT, shortcut, 2-RF + distillation beside the main
 command's rectified flow and VP models, at NFE 1, 2, 4 (and the multi-step solvers up to 64 for reference).
 
     python -m flowgen.main --mode=sweep --config=experiments/digits_fewstep.py --workdir=results/digits_fewstep
@@ -13,6 +13,9 @@ network in time (``flowgen/methods/meanflow.py``), and the others use the same n
     vp             VP with linear β, ε-prediction (the same recipe): ddim, dpmpp_2m
     meanflow       MeanFlow (Geng et al. 2025): its own sampler, 1 jump per NFE
     shortcut       shortcut model (Frans et al. 2024): its own sampler, a power of two of jumps
+    sct            continuous-time consistency training (Lu & Song 2024) on TrigFlow (the trig path, σ_d = 0.5 as
+                   the paper for data in [−1, 1], proposal times ln(σ_d·tan s) ~ N(−1.0, 1.4²), tangent warm-up over
+                   a quarter of the run, normalisation c = 0.1): its own sampler, 1 or 2 steps
     2-rf           rectified flow on ``PAIRS`` pairs of rf (RK4, 32 steps): euler
     2-rf-distill   one-step distillation of 2-rf on its pairs (Liu et al. 2023): one call
 
@@ -23,6 +26,7 @@ Variant ``quick``: 60 steps per model, 512 pairs, NFE 1 and 4, 200 samples, one 
 """
 
 import importlib.util
+import math
 import os
 
 import ml_collections
@@ -53,6 +57,11 @@ def few_step_model(method: str, num_steps: int, **method_kwargs):
     if method == "meanflow":
         c.loss.time_sampler = "logit_normal"
         c.loss.time_sampler_options = {"m": 0.4, "s": 1.0}
+    if method == "consistency":        # TrigFlow: the trig path, F_θ a "v" prediction, the paper's proposal times
+        c.path.name = "trig"
+        c.loss.target = "v"
+        c.loss.time_sampler = "edm"
+        c.loss.time_sampler_options = {"p_mean": -1.0 - math.log(method_kwargs["sigma_d"]), "p_std": 1.4}
     return c
 
 
@@ -62,12 +71,14 @@ def get_config(variant: str = ""):
     steps, num_pairs = (STEPS, PAIRS) if not variant else (60, 512)
     pairs = {"num_pairs": num_pairs, "solver": "rk4", "num_steps": 32, "seed": 1}
     c = ml_collections.ConfigDict()
-    c.title = "Few-step generation on 8×8 digits: MeanFlow, shortcut, 2-RF + distillation vs. RF and VP"
+    c.title = "Few-step generation on 8×8 digits: MeanFlow, sCT, shortcut, 2-RF + distillation vs. RF and VP"
     c.models = {
         "rf": {"train": _digits_model("linear", "velocity", steps), "solvers": ("euler", "heun", "dpmpp_2m")},
         "vp": {"train": _digits_model("vp_linear", "noise", steps), "solvers": ("ddim", "dpmpp_2m")},
         "meanflow": {"train": few_step_model("meanflow", steps), "solvers": ("meanflow",)},
         "shortcut": {"train": few_step_model("shortcut", steps), "solvers": ("shortcut",)},
+        "sct": {"train": few_step_model("consistency", steps, mode="sct", sigma_d=0.5, warmup_steps=steps // 4),
+                "solvers": ("consistency",)},
         "2-rf": {"train": few_step_model("flow_matching", steps), "teacher": "rf", "pairs": pairs,
                  "solvers": ("euler",)},
         "2-rf-distill": {"train": few_step_model("distill", steps), "teacher": "2-rf", "pairs": pairs,

@@ -81,10 +81,26 @@ def w2_ratio(samples, data_name="8gaussians"):
     return wasserstein2(samples, fresh) / wasserstein2(other, fresh)
 
 
+#: What a method needs besides the generic toy config. Consistency models (sCT) are TrigFlow's: the trig path, the
+#: network a "v" prediction, the paper's proposal times, time features of 10·t (the loss differentiates the network
+#: in time) and a warm-up within the run; they sample with their own sampler (2 steps here, 1 in the few-step test):
+#: heun would read F_θ as a diffusion model's v-prediction, which a consistency function is not
+#: (flowgen/methods/consistency.py).
+METHOD_SETTINGS = {
+    "consistency": {"path.name": "trig", "loss.target": "v", "loss.time_sampler": "edm",
+                    "loss.time_sampler_options": {"p_mean": -1.0, "p_std": 1.4},
+                    "model.kwargs": {"hidden": 128, "depth": 3, "time_scale": 10.0},
+                    "method.kwargs": {"warmup_steps": 1000}, "sample.solver": "consistency", "sample.num_steps": 2},
+    # a one-step student is trained at the start time only: its own one-step sampler, not heun
+    "distill": {"sample.solver": "one_step", "sample.num_steps": 1},
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_every_method_learns_the_2d_mixture(method, tmp_path, exact_pairs):
-    config = on_pairs_if_needed(toy_config(**{"method.name": method}), method, exact_pairs)
+    config = toy_config(**{"method.name": method, **METHOD_SETTINGS.get(method, {})})
+    config = on_pairs_if_needed(config, method, exact_pairs)
     train_and_evaluate(config, str(tmp_path))
     ratio = w2_ratio(samples_of(tmp_path))
     print(f"{method}: W2 ratio {ratio:.3f}")
@@ -101,16 +117,34 @@ FEW_STEP_FACTOR = 1.5
 @pytest.mark.slow
 @pytest.mark.parametrize("method", FEW_STEP)
 def test_few_step_methods_learn_one_step_generation(method, tmp_path, exact_pairs):
-    """1 NFE with the method's own sampler (its default options; rectified flow at 1 Euler step scores ~7x). Time
-    features of 10·t, not 1000·t: MeanFlow's loss differentiates the network in time (flowgen/methods/meanflow.py)."""
+    """1 NFE with the method's own sampler (its default options and METHOD_SETTINGS; rectified flow at 1 Euler step
+    scores ~7x). Time features of 10·t, not 1000·t: MeanFlow's and the consistency models' losses differentiate the
+    network in time (flowgen/methods/meanflow.py)."""
     sampler = METHODS[method].samplers[0]
-    config = toy_config(**{"method.name": method, "sample.solver": sampler, "sample.num_steps": 1,
+    config = toy_config(**{"method.name": method, **METHOD_SETTINGS.get(method, {}), "sample.solver": sampler,
+                           "sample.num_steps": 1,
                            "model.kwargs": {"hidden": 128, "depth": 3, "time_scale": 10.0},
                            "train.num_steps": FEW_STEP_TRAIN_STEPS, "train.checkpoint_every": FEW_STEP_TRAIN_STEPS})
     train_and_evaluate(on_pairs_if_needed(config, method, exact_pairs), str(tmp_path))
     ratio = w2_ratio(samples_of(tmp_path))
     print(f"{method} at 1 NFE: W2 ratio {ratio:.3f}")
     assert ratio <= FEW_STEP_FACTOR, f"{method}: 1-NFE exact W2 {ratio:.2f}x the floor (limit {FEW_STEP_FACTOR})"
+
+
+@pytest.mark.slow
+def test_consistency_distillation_learns_one_step_generation_from_a_trained_teacher(tmp_path):
+    """sCD: a flow-matching teacher on the trig path (a "v" prediction, converted to its velocity), loaded from its
+    workdir by the student's loss, distilled into a 1-NFE consistency model."""
+    train_and_evaluate(toy_config(**{"path.name": "trig", "loss.target": "v"}), str(tmp_path / "teacher"))
+    settings = METHOD_SETTINGS["consistency"]
+    config = toy_config(**{"method.name": "consistency", **settings, "sample.num_steps": 1,
+                           "method.kwargs": {**settings["method.kwargs"], "mode": "scd",
+                                             "teacher": str(tmp_path / "teacher")},
+                           "train.num_steps": FEW_STEP_TRAIN_STEPS, "train.checkpoint_every": FEW_STEP_TRAIN_STEPS})
+    train_and_evaluate(config, str(tmp_path / "student"))
+    ratio = w2_ratio(samples_of(tmp_path / "student"))
+    print(f"sCD at 1 NFE: W2 ratio {ratio:.3f}")
+    assert ratio <= FEW_STEP_FACTOR, f"sCD: 1-NFE exact W2 {ratio:.2f}x the floor (limit {FEW_STEP_FACTOR})"
 
 
 @pytest.mark.slow

@@ -7,12 +7,14 @@
     meanflow.py        MeanFlow (Geng et al. 2025): average velocity u(z, t, r) from the MeanFlow identity, 1-NFE
     shortcut.py        shortcut models (Frans et al. 2024): s(x, t, d) by flow matching and self-consistency
     distill.py         one-step distillation (Liu et al. 2023): v(x₀, t_min) onto a teacher's pair, 1 NFE
+    consistency.py     continuous-time consistency models (Lu & Song 2024): sCT / sCD in TrigFlow, 1-2 NFE
 
 ``build(name, path=..., source=..., num_classes=..., **options)`` checks the options and builds the method.
 """
 
 from flowgen import options
 from flowgen.methods.base import Method
+from flowgen.methods.consistency import ConsistencyModel
 from flowgen.methods.distill import OneStepDistillation
 from flowgen.methods.flow_matching import FlowMatching
 from flowgen.methods.meanflow import MeanFlow
@@ -21,7 +23,7 @@ from flowgen.methods.shortcut import Shortcut
 
 #: The methods a config can name (``method.name``).
 METHODS: dict[str, type[Method]] = {m.name: m for m in (FlowMatching, PseudoHuberFlowMatching, MeanFlow, Shortcut,
-                                                        OneStepDistillation)}
+                                                        OneStepDistillation, ConsistencyModel)}
 
 
 def build(name: str, **kwargs) -> Method:
@@ -29,5 +31,5 @@ def build(name: str, **kwargs) -> Method:
     return options.build(METHODS, name, "method", kwargs, hidden=("path", "source", "num_classes"))
 
 
-__all__ = ["METHODS", "FlowMatching", "MeanFlow", "Method", "OneStepDistillation", "PseudoHuberFlowMatching",
-           "Shortcut", "build"]
+__all__ = ["METHODS", "ConsistencyModel", "FlowMatching", "MeanFlow", "Method", "OneStepDistillation",
+           "PseudoHuberFlowMatching", "Shortcut", "build"]

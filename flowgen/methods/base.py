@@ -39,6 +39,8 @@ class Method:
     #: Names of the method's own samplers that ``sample.solver`` may name besides ``fg.sample``'s solvers (a
     #: few-step method's sampler, e.g. "meanflow"); ``sample`` dispatches on them.
     samplers: ClassVar[tuple[str, ...]] = ()
+    #: Those of ``samplers`` that draw fresh noise (a sweep reports no ODE error for them).
+    stochastic_samplers: ClassVar[tuple[str, ...]] = ()
     #: True if the method trains on a teacher's pairs only (``data.name = "pairs"``, coupling "given"; e.g.
     #: distillation), never on a data set directly.
     trains_on_pairs: ClassVar[bool] = False

@@ -283,7 +283,7 @@ def generate(cell: Cell, spec: spec_lib.SweepSpec, num_steps: int, sharding: Nam
 
 def _stochastic(cell: Cell) -> bool:
     if cell.solver.own:
-        return cell.solver.name in getattr(cell.model.spec.method, "stochastic_samplers", ())
+        return cell.solver.name in cell.model.spec.method.stochastic_samplers
     return cell.solver.build().stochastic
 
 
