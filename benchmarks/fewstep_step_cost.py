@@ -2,6 +2,7 @@
 
     python benchmarks/fewstep_step_cost.py                       # MLP 3×256, batch 256, 2-D data
     python benchmarks/fewstep_step_cost.py --hidden 512 --batch 1024 --rounds 9
+    python benchmarks/fewstep_step_cost.py --network digits_unet --batch 128   # configs/digits_rf.py's U-Net, 8×8×1
 
 Each method is built from the same config (``Run.from_config``: MLP(hidden, depth), Adam, one EMA) and its whole
 jitted train step (loss, gradient, optimiser, EMA; ``make_train_step``) is timed. MeanFlow and shortcut networks have
@@ -14,6 +15,10 @@ consecutive steps (timed together, waiting for the result), in a rotated order, 
 all alike. Reported: the median seconds per step over rounds and its ratio to flow matching's, also the ratio of
 the per-method minimum (robust to interference). ``uptime``'s load is printed before and after, and the machine's
 float32 matmul peak (``common.matmul_peak_gflops``) before.
+
+sCT (``consistency``) runs on its own path and prediction (trig, "v"; the time sampler "edm") on the same network
+with no extra time input: one JVP of the stop-gradient network on the whole batch, one forward and one backward of
+the online network: about (3 + 2)/3 ≈ 1.7 on the network alone.
 
 What the ratio should be: flow matching is one forward and one backward pass of the batch. MeanFlow runs a JVP
 (forward + tangent, about 2 forwards) on the r ≠ t fraction ρ of the batch and a plain forward on the rest, then a
@@ -49,6 +54,13 @@ METHODS = {
     "fm_extra_embedder": ("meanflow", {"ratio": 0.0, "p": 0.0}),
     "meanflow": ("meanflow", {"ratio": 0.25, "p": 0.5}),
     "shortcut": ("shortcut", {"self_consistency_fraction": 0.25, "target_params": "ema"}),
+    "consistency (sCT)": ("consistency", {"mode": "sct", "warmup_steps": 1000}),
+}
+#: The network settings: (data name, element shape, model name, kwargs).
+NETWORKS = {
+    "mlp": ("8gaussians", (2,), "mlp", None),
+    "digits_unet": ("flowgen_digits", (8, 8, 1), "unet",
+                    {"ch": 32, "ch_mult": (1, 2), "num_res_blocks": 2, "attn_resolutions": (4,), "dropout": 0.1}),
 }
 
 
@@ -59,17 +71,21 @@ def uptime() -> str:
         return "uptime unavailable"
 
 
-def build_step(method: str, options: dict, hidden: int, depth: int, batch: int):
+def build_step(method: str, options: dict, network: str, hidden: int, depth: int, batch: int):
+    data_name, shape, model, kwargs = NETWORKS[network]
     c = base_config()
-    c.data.name = "8gaussians"
+    c.data.name = data_name
     c.data.batch_size = batch
-    c.model.kwargs = {"hidden": hidden, "depth": depth}
+    c.model.name = model
+    c.model.kwargs = kwargs or {"hidden": hidden, "depth": depth}
     c.method.name = method
     c.method.kwargs = options
+    if method == "consistency":
+        c.path.name, c.loss.target, c.loss.time_sampler = "trig", "v", "edm"
     run = Run.from_config(c)
     step = jax.jit(make_train_step(run.loss_fn(), run.optimizer, run.schedule, run.decays))
     state = run.init_state()
-    data = jax.random.normal(jax.random.key(0), (batch, 2))
+    data = jax.random.normal(jax.random.key(0), (batch, *shape))
     key = jax.random.key(1)
 
     def many(state, n):
@@ -84,6 +100,7 @@ def build_step(method: str, options: dict, hidden: int, depth: int, batch: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--network", choices=tuple(NETWORKS), default="mlp")
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--depth", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256)
@@ -94,7 +111,8 @@ def main() -> None:
     print(f"load before: {uptime()}")
     peak = common.matmul_peak_gflops()
     print(f"float32 matmul peak: {peak:.1f} GFLOP/s on {jax.devices()[0].device_kind} ({os.cpu_count()} CPUs)")
-    steps = {label: build_step(m, o, args.hidden, args.depth, args.batch) for label, (m, o) in METHODS.items()}
+    steps = {label: build_step(m, o, args.network, args.hidden, args.depth, args.batch)
+             for label, (m, o) in METHODS.items()}
     states = {m: s for m, (_, s) in steps.items()}
     times = {m: [] for m in METHODS}
     names = list(METHODS)
@@ -113,7 +131,8 @@ def main() -> None:
     low = {m: np.min(times[m]) for m in METHODS}
     rows = [[m, med[m] * 1e3, med[m] / med["flow_matching"], low[m] / low["flow_matching"],
              med[m] / med["fm_extra_embedder"]] for m in METHODS]
-    print(f"MLP {args.depth}×{args.hidden}, batch {args.batch}, {args.rounds} rounds of {args.steps} steps")
+    net = f"MLP {args.depth}×{args.hidden}" if args.network == "mlp" else f"{args.network} {NETWORKS[args.network][3]}"
+    print(f"{net}, batch {args.batch}, {args.rounds} rounds of {args.steps} steps")
     print(common.markdown_table(["method", "ms/step (median)", "ratio to FM (median)", "ratio to FM (min)",
                                  "ratio to FM on the same net (median)"], rows))
     print(f"load after: {uptime()}")

@@ -93,6 +93,7 @@ def get_config(variant: str = ""):
     c.num_samples = 1000
     c.grid = ""
     c.skip_unreachable = True
+    c.plot_layout = "single"            # each model has its own samplers: one panel, a curve per model and sampler
     if variant == "quick":
         c.nfe = (1, 4)
         c.seeds = (0,)

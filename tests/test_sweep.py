@@ -204,6 +204,23 @@ def test_the_shipped_sweep_configs_pass_their_checks():
     assert spec.parse(rf_vs_ddim.get_config()).nfe[4] == rf_vs_ddim.REFERENCE_NFE
 
 
+def test_the_shipped_few_step_sweeps_pass_their_checks():
+    """Each model keeps to its samplers; the students' teachers resolve (no training, nothing written)."""
+    from experiments import digits_fewstep, toy2d_reflow
+    from flowgen.sweep import spec
+
+    few = spec.parse(digits_fewstep.get_config())
+    samplers = {m.name: [s.name for s in few.solvers_of(m)] for m in few.models}
+    assert samplers == {"rf": ["euler", "heun", "dpmpp_2m"], "vp": ["ddim", "dpmpp_2m"], "meanflow": ["meanflow"],
+                        "shortcut": ["shortcut"], "sct": ["consistency"], "2-rf": ["euler"],
+                        "2-rf-distill": ["one_step"]}
+    teachers = {m.name: m.teacher.name for m in few.models if m.teacher is not None}
+    assert teachers == {"2-rf": "rf", "2-rf-distill": "2-rf"}
+    reflow = spec.parse(toy2d_reflow.get_config())
+    assert {m.name: m.depth for m in reflow.models} == {"1-rf": 0, "2-rf": 1, "3-rf": 2, "2-rf-distill": 2}
+    assert reflow.metrics == ("w2", "straightness")
+
+
 @pytest.mark.slow
 def test_models_given_as_training_configs_are_trained_in_the_sweep_workdir(tmp_path):
     from experiments.digits_nfe import digits_model

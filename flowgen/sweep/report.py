@@ -168,8 +168,12 @@ def write_csv(path: str, table: list[dict], spec, metrics: dict) -> None:
             writer.writerow(row)
 
 
-def plot(path: str, name: str, table: list[dict], metrics: dict) -> None:
-    """One panel per (solver, guidance) with shared axes, one curve per model: models compare at a glance."""
+def plot(path: str, name: str, table: list[dict], metrics: dict, layout: str = "panels") -> None:
+    """``layout="panels"``: one panel per (solver, guidance) with shared axes, one curve per model: models compare
+    at a glance. ``"single"``: one panel, one curve per (model, solver): each model with its own samplers (few-step
+    methods beside multi-step solvers)."""
+    if layout == "single":
+        table = [{**r, "model": f"{r['model']} · {r['series']}", "series": ""} for r in table]
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -199,7 +203,7 @@ def plot(path: str, name: str, table: list[dict], metrics: dict) -> None:
         ax.set_xscale("log", base=2)
         if positive:
             ax.set_yscale("log")
-        ax.set_title(s if w is None else f"{s}, w={w}")
+        ax.set_title(s if w is None else f"{s}, w={w}".lstrip(", "))
         ax.set_xlabel("NFE (measured model calls)")
         ax.grid(True, which="both", alpha=0.25)
     axes[0].set_ylabel(f"{name} (mean ± std over seeds)")
@@ -261,7 +265,7 @@ def write(workdir: str, spec, rows: list[dict], metrics: dict, failures=()) -> d
         f.write(md)
     for name in spec.metrics if table else ():
         files[f"plot_{name}"] = os.path.join(workdir, f"nfe_vs_{name}.png")
-        plot(files[f"plot_{name}"], name, table, metrics)
+        plot(files[f"plot_{name}"], name, table, metrics, spec.plot_layout)
     for model in dict.fromkeys(r["model"] for r in rows):
         done = [r for r in rows if r["model"] == model and r["status"] == "done"]
         if done:

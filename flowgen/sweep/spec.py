@@ -36,6 +36,8 @@
     dtype        "float32" (default) or "float64" (the noise and the sampling; e.g. to resolve ODE errors below 1e-6)
     skip_unreachable   False: a budget below a solver's minimum NFE is an error; True: that cell is reported as
                  unreachable (e.g. Heun's 2 calls on a path that does not end at σ = 0 cannot fit NFE 1)
+    plot_layout  "panels" (default: one panel per solver, a curve per model) or "single" (one panel, a curve per
+                 model and solver: models that each have their own samplers)
 
 Every mistake raises a ValueError naming the bad value and the valid choices.
 """
@@ -54,7 +56,8 @@ from flowgen.sweep import budget
 from flowgen.sweep.metrics import check_fits
 
 KEYS = ("models", "solvers", "nfe", "guidance", "seeds", "metrics", "num_samples", "grid", "skip_unreachable",
-        "title", "dtype", "ablation", "launcher")
+        "title", "dtype", "ablation", "launcher", "plot_layout")
+PLOT_LAYOUTS = ("panels", "single")
 ABLATION_KEYS = ("base", "overrides", "product", "zip", "options")
 DTYPES = ("float32", "float64")
 MODEL_KINDS = ("workdir", "train", "analytic")
@@ -139,6 +142,7 @@ class SweepSpec:
     title: str
     dtype: str = "float32"
     launcher: tuple[tuple[str, object], ...] = (("name", "local"),)
+    plot_layout: str = "panels"
 
     def solvers_of(self, model: ModelSpec) -> tuple[SolverSpec, ...]:
         return self.solvers if model.solvers is None else model.solvers
@@ -462,8 +466,11 @@ def parse(config) -> SweepSpec:
     dtype = c.get("dtype") or "float32"
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
+    layout = c.get("plot_layout") or "panels"
+    if layout not in PLOT_LAYOUTS:
+        raise ValueError(f"plot_layout={layout!r} is not one of: {', '.join(PLOT_LAYOUTS)}")
     spec = SweepSpec(models, solvers, nfe, guidance, seeds, metrics, num_samples, grid,
-                     bool(c.get("skip_unreachable", False)), c.get("title") or "NFE sweep", dtype, launcher)
+                     bool(c.get("skip_unreachable", False)), c.get("title") or "NFE sweep", dtype, launcher, layout)
     for m in models:
         for s in spec.solvers_of(m):
             if s.own:
