@@ -35,6 +35,11 @@ MUTATIONS = {
     "meanflow_h_tangent": ("flowgen/methods/meanflow.py", "(f32(v), ones, -ones)", "(f32(v), ones, 0 * ones)"),
     "shortcut_half_step": ("flowgen/methods/shortcut.py", "target_net(x_t + _bcast(d, x_t) * s1, t + d)",
                            "target_net(x_t + _bcast(two_d, x_t) * s1, t + d)"),
+    # Reflow and distillation (--tests tests/test_reflow.py catches both in seconds; test_learning's distill too).
+    "distill_goal_sign": ("flowgen/methods/distill.py", "goal = ((x_data - x_start) / span)",
+                          "goal = ((x_data + x_start) / span)"),
+    "pairs_swapped": ("flowgen/reflow.py", '{"x_data": x1, "noise": np.asarray(x0),',
+                      '{"x_data": np.asarray(x0), "noise": x1,'),
 }
 
 

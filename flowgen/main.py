@@ -67,6 +67,7 @@ def define_flags(values: flags.FlagValues, argv: list[str]) -> None:
 def cli(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (``sys.argv`` if None), run, and return the exit status (0, or 2 with ``error: ...``)."""
     argv = list(sys.argv if argv is None else argv)
+    argv, added = _open_section_overrides(argv)      # before the config flags register their overrides
     values = flags.FlagValues()
     define_flags(values, argv)
     try:
@@ -80,6 +81,7 @@ def cli(argv: list[str] | None = None) -> int:
             return 0
         if rest[1:]:
             raise CommandLineError(f"unexpected arguments {rest[1:]}: flags are --name=value")
+        _add_to_open_sections(values.config, added)
         return _run(values)
     except CommandLineError as e:
         return _error(str(e))
@@ -190,6 +192,52 @@ def _check_config_file(argv: list[str]) -> None:
         listed = available_configs(os.path.dirname(path))
         raise CommandLineError(f"--config={value}: no config file {path!r}. Available: {', '.join(listed)} "
                                "(add ':small' for a smoke-test variant)")
+
+
+#: Sections whose keys are the options of what they configure (a network's, a data set's, a method's, a path's, a
+#: time sampler's, a coupling's): a config file need not list them all, so an override may add a key there.
+OPEN_SECTION = re.compile(r"(^|\.)(kwargs|\w+_options)$")
+
+
+def _open_section_overrides(argv: list[str]) -> tuple[list[str], list[tuple[list[str], str, object]]]:
+    """``argv`` without the overrides that add a new key to an open section (``--config.model.kwargs.time_scale=10``,
+    ``--config.data.kwargs.file=pairs.npz``: config flags only override keys that exist), and those additions as
+    (section path, key, value), the value read as a Python literal where it is one (else the string)."""
+    import ast
+
+    config = _load_config(argv)
+    if config is None:
+        return argv, []
+    kept, added = [], []
+    for arg in argv:
+        match = re.match(r"^--config\.([\w.]+)=(.*)$", arg, re.S)
+        if match:
+            *parent, key = match.group(1).split(".")
+            node = config
+            for part in parent:
+                node = node[part] if hasattr(node, "keys") and part in node.keys() else None
+                if node is None:
+                    break
+            if node is not None and hasattr(node, "keys") and key not in node.keys() and \
+                    OPEN_SECTION.search(".".join(parent)) and not difflib.get_close_matches(key, list(node.keys())):
+                # (a key close to one the section has is taken as its typo: the parser's "did you mean" answers)
+                try:
+                    value = ast.literal_eval(match.group(2))
+                except (ValueError, SyntaxError):
+                    value = match.group(2)
+                added.append((parent, key, value))
+                continue
+        kept.append(arg)
+    return kept, added
+
+
+def _add_to_open_sections(config, added) -> None:
+    for parent, key, value in added:
+        node = config
+        for part in parent:
+            node = node[part]
+        with node.unlocked():
+            node[key] = value
 
 
 def _parse_error_message(error: Exception, argv: list[str]) -> str:

@@ -165,6 +165,25 @@ def test_real_command_line_refuses_cleanly(args, message, tmp_path):
     assert not (tmp_path / "w" / "metrics.jsonl").exists()
 
 
+def test_an_override_may_add_an_option_to_an_open_section(tmp_path, capsys):
+    """``--config.model.kwargs.time_scale=10`` and ``--config.data.kwargs.file=F`` add keys the config file does not
+    list (a network's, a data set's options); a typo of a listed key still gets "did you mean"."""
+    import numpy as np
+
+    from flowgen.data.pairs import write_pairs
+
+    file = str(tmp_path / "pairs.npz")
+    write_pairs(file, np.ones((16, 2), np.float32), np.zeros((16, 2), np.float32))
+    code, out, err, _ = run_cli(["--mode=describe", TOY, "--config.model.kwargs.time_scale=10.0",
+                                 "--config.data.name=pairs", f"--config.data.kwargs.file={file}",
+                                 "--config.loss.coupling=given"], tmp_path, capsys, with_workdir=False)
+    assert code == 0, err
+    assert "'time_scale': 10.0" in out and out.strip().splitlines()[-1] == "parameters: 264450"
+    code, _, err, _ = run_cli(["--mode=describe", TOY, "--config.model.kwargs.time_scal=10.0"], tmp_path, capsys,
+                              with_workdir=False)
+    assert code == 2 and "unexpected keyword argument 'time_scal'" in err
+
+
 def test_describe_builds_without_data_or_training_and_ends_with_the_parameter_count(tmp_path, capsys):
     """--mode=describe: no workdir, no data read (CIFAR-10 is not prepared here), nothing compiled or written."""
     code, out, err, _ = run_cli(["--mode=describe", "--config=configs/cifar10_edm.py"], tmp_path, capsys,

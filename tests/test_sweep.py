@@ -57,6 +57,7 @@ def tiny(**overrides):
                                        r"is not finite"),
     ({"grid": "cosine"}, r"grid='cosine' is not one of: uniform, logsnr, edm"),
     ({"seed": 3}, r"unknown sweep config keys \['seed'\]; valid keys: models, solvers"),
+    ({"plot_layout": "grid"}, r"plot_layout='grid' is not one of: panels, single"),
     ({"models": {"m": {"analytic": "moons"}}}, r"data 'moons' is not one of"),
     ({"models": {"m": {"workdir": "/nonexistent/run"}}}, r"workdir '/nonexistent/run' does not exist"),
     ({"models": {"m": {"workdir": "/tmp"}}}, r"'/tmp' is not a flowgen training workdir \(no config.json\)"),
@@ -216,6 +217,12 @@ def test_the_shipped_few_step_sweeps_pass_their_checks():
                         "2-rf-distill": ["one_step"]}
     teachers = {m.name: m.teacher.name for m in few.models if m.teacher is not None}
     assert teachers == {"2-rf": "rf", "2-rf-distill": "2-rf"}
+    from experiments import digits_reflow
+
+    digits = spec.parse(digits_reflow.get_config())
+    assert {m.name: m.depth for m in digits.models} == {"1-rf": 0, "2-rf": 1, "3-rf": 2, "2-rf-distill": 2,
+                                                        "3-rf-distill": 3}
+    assert few.plot_layout == "single" and digits.plot_layout == "panels"
     reflow = spec.parse(toy2d_reflow.get_config())
     assert {m.name: m.depth for m in reflow.models} == {"1-rf": 0, "2-rf": 1, "3-rf": 2, "2-rf-distill": 2}
     assert reflow.metrics == ("w2", "straightness")

@@ -90,3 +90,30 @@ def test_the_reflow_experiment_straightens_its_flows(tmp_path):
     pair_files = sorted((tmp_path / "pairs").glob("*/pairs.npz"))
     teachers = sorted(read_provenance(str(f))["teacher"].rsplit("/", 1)[-1] for f in pair_files)
     assert teachers == ["1-rf", "2-rf", "analytic:8gaussians"]
+
+
+def test_the_reflow_reproduction_reports_paired_verdicts():
+    """``experiments/reproductions/liu_reflow.py``'s verdicts on synthetic cells: paired over seeds, 2 s.e."""
+    module = importlib.util.spec_from_file_location("liu_reflow", REPO / "experiments" / "reproductions" /
+                                                    "liu_reflow.py")
+    liu = importlib.util.module_from_spec(module)
+    module.loader.exec_module(liu)
+    assert liu._verdict({0: 1.0, 1: 2.0, 2: 3.0}, {0: 5.0, 1: 6.1, 2: 6.9}) == "holds"
+    assert liu._verdict({0: 5.0, 1: 6.1, 2: 6.9}, {0: 1.0, 1: 2.0, 2: 3.0}) == "does not hold"
+    assert liu._verdict({0: 1.0, 1: 3.0, 2: 2.0}, {0: 2.0, 1: 1.0, 2: 3.0}) == "undecided"
+    assert liu._verdict({0: 1.0}, {0: 2.0}) == "undecided (one seed)"
+
+    def cell(model, series, nfe, seed, **metrics):
+        return {"model": model, "series": series, "nfe_budget": nfe, "seed": seed, "status": "done",
+                "metrics": metrics}
+
+    rows = []
+    for seed in (0, 1, 2):
+        for k, (one, four, s) in {"1-rf": (300, 50, 1.0), "2-rf": (60, 55, 0.1), "3-rf": (58, 56, 0.05)}.items():
+            rows += [cell(k, "euler", 1, seed, w2=one + seed, straightness=s + 0.01 * seed),
+                     cell(k, "euler", 4, seed, w2=four + seed, straightness=s + 0.01 * seed)]
+        rows.append(cell("2-rf-distill", "one_step", 1, seed, w2=70 + seed))
+    text = liu.report({"toy": (rows, "w2", "3 seeds")}, 60.0)
+    assert "| 2-rf | 12.21 | 61 ± 1 | 56 ± 1 | 0.11 ± 0.01 |" in text
+    assert "| toy | 2-RF beats 1-RF at 1 step | holds |" in text
+    assert "| toy | 2-RF + distill beats 2-RF at 1 step | does not hold |" in text
