@@ -271,3 +271,24 @@ def test_guidance_on_a_conditional_trained_model_counts_two_forward_passes_per_c
     out = runner.run(config, str(tmp_path / "sweep"), progress=False)
     passes = {r["guidance"]: (r["nfe"], r["forward_passes"]) for r in out["rows"]}
     assert passes == {None: (4, 4), 2.0: (4, 8)}
+
+
+def test_the_digits_metrics_put_real_held_out_digits_at_their_floor():
+    """Each digits metric's floor is what real test digits score: a Fréchet distance's at the cells' own sample count
+    (its bias falls as 1/N), the unbiased KID's and the legible fraction's directly."""
+    from flowgen.evals import digits_fid
+    from flowgen.sweep.metrics import METRICS
+
+    test = digits_fid.split_images("test")[0]
+    fid_1000, fid_297 = METRICS["digits_fid"]("flowgen_digits", 1000), METRICS["digits_fid"]("flowgen_digits", 297)
+    assert fid_1000.floor < fid_297.floor == pytest.approx(digits_fid.floor(), rel=0.05)
+    assert fid_1000.floor_samples == 1000
+    legible = METRICS["legible"]("flowgen_digits", 1000)
+    assert legible(test) == legible.floor > 0.9
+    noise = np.random.default_rng(0).uniform(-1, 1, (297, 8, 8, 1)).astype(np.float32)
+    assert legible(noise) < 0.5 * legible.floor
+    kid = METRICS["digits_kid"]("flowgen_digits", 297)
+    assert kid(test) == kid.floor < kid(noise)
+    precision, recall = METRICS["digits_precision"]("flowgen_digits", 297), METRICS["digits_recall"]("flowgen_digits",
+                                                                                                    297)
+    assert precision(noise) < precision.floor and recall(noise) < recall.floor

@@ -113,6 +113,8 @@ def test_the_reflow_reproduction_reports_paired_verdicts():
             rows += [cell(k, "euler", 1, seed, w2=one + seed, straightness=s + 0.01 * seed),
                      cell(k, "euler", 4, seed, w2=four + seed, straightness=s + 0.01 * seed)]
         rows.append(cell("2-rf-distill", "one_step", 1, seed, w2=70 + seed))
+    for r in rows:
+        r.update(data="8gaussians", num_samples=1000)
     text = liu.report({"toy": (rows, "w2", "3 seeds")}, 60.0)
     assert "| 2-rf | 12.21 | 61 ± 1 | 56 ± 1 | 0.11 ± 0.01 |" in text
     assert "| toy | 2-RF beats 1-RF at 1 step | holds |" in text

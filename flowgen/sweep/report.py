@@ -103,9 +103,8 @@ def markdown(spec, table: list[dict], metrics: dict, devices: int, failures=()) 
         for (metric_name, data), metric in metrics.items():
             if metric_name == name:
                 bias = "" if metric.floor_samples == spec.num_samples else (
-                    f"; measured at {metric.floor_samples} samples, while cells use {spec.num_samples}: a Fréchet "
-                    "distance is biased upwards by a term that shrinks with the sample count, so cells can fall "
-                    "below this floor")
+                    f"; measured at {metric.floor_samples} samples, while cells use {spec.num_samples}: the "
+                    "estimate depends on the sample count, so cells and floor differ by more than quality")
                 lines.append(f"- {data}: {metric.description}; reference: {metric.reference}; floor "
                              f"{_fmt(metric.floor)} ({metric.floor_note}{bias}).")
         lines += ["", "| model |" + knob_head + " solver | guidance | " + " | ".join(f"NFE {b}" for b in budgets) +
