@@ -115,7 +115,9 @@ def _run(values) -> int:
             config_lib.check_dataset_name(config.data.name)
         elif mode == "sweep":
             from flowgen.sweep import spec as sweep_spec
+            from flowgen.sweep.runner import require_local_workdir
 
+            require_local_workdir(values.workdir)
             sweep_spec.parse(config)  # every check of the sweep config, before anything is trained or written
         else:
             config_lib.validate(config)

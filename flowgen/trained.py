@@ -60,20 +60,22 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
 
 def load_model(workdir: str | os.PathLike, params: str = "ema", step: int | None = None) -> TrainedModel:
     """The model of a training workdir, from its newest good checkpoint (or the newest good one at or before
-    ``step``). ``params``: "ema" (the slowest EMA), "params" (the raw parameters) or an EMA key like "ema_0.999".
+    ``step``); ``workdir`` may be a URI such as gs://bucket/run. ``params``: "ema" (the slowest EMA), "params" (the
+    raw parameters) or an EMA key like "ema_0.999".
 
     Raises FileNotFoundError if the workdir has no config or no checkpoint that restores and verifies.
     """
+    from flowgen.io import workdir_path
     from flowgen.train.checkpoint import Checkpointer
     from flowgen.train.run import Run
 
-    workdir = os.path.abspath(os.fspath(workdir))
+    workdir = workdir_path(workdir)  # a local path made absolute; a URI (gs://bucket/run) unchanged
     run = Run.from_workdir(workdir)
     if params not in run.params_choices():
         raise ValueError(f"params={params!r} is not one of: {', '.join(run.params_choices())}")
     config = run.config
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(ckpt_dir):
+    ckpt_dir = workdir / "checkpoints"
+    if not ckpt_dir.is_dir():
         raise FileNotFoundError(f"no checkpoints in {workdir}: train first")
 
     checkpointer = Checkpointer(ckpt_dir, keep=config.train.keep_checkpoints, async_save=False)
@@ -90,5 +92,5 @@ def load_model(workdir: str | os.PathLike, params: str = "ema", step: int | None
     return TrainedModel(apply=run.method.solver_model(run.sample_apply), params=chosen, path=run.path,
                         target=run.method.prediction,
                         num_classes=run.num_classes, null_label=run.num_classes, element_shape=run.element_shape,
-                        data_name=config.data.name, step=int(found_step), params_name=name, workdir=workdir,
+                        data_name=config.data.name, step=int(found_step), params_name=name, workdir=str(workdir),
                         config=config, run=run)

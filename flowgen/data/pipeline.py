@@ -34,7 +34,6 @@ Batches are dicts of numpy arrays: ``image`` float32 (B, H, W, C); ``label`` int
 from __future__ import annotations
 
 import dataclasses
-import glob
 import json
 import os
 from typing import Any
@@ -42,6 +41,7 @@ from typing import Any
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from flowgen.data import digits
 
@@ -121,10 +121,10 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> str:
 def _prepared_formats(tfds_name: str, data_dir: str) -> list[str]:
     """File formats of the versions of ``tfds_name`` found in ``data_dir`` (empty if none is prepared)."""
     formats = []
-    for info_file in sorted(glob.glob(os.path.join(data_dir, tfds_name, "*", "dataset_info.json"))):
+    root = epath.Path(data_dir) / tfds_name            # data_dir may be gs://... (TFDS reads it there too)
+    for info_file in sorted(root.glob("*/dataset_info.json")) if root.exists() else []:
         try:
-            with open(info_file) as f:
-                formats.append(json.load(f).get("fileFormat", "tfrecord"))
+            formats.append(json.loads(info_file.read_text()).get("fileFormat", "tfrecord"))
         except (OSError, ValueError):
             formats.append("unreadable")
     return formats

@@ -27,6 +27,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 import flowgen as fg
+from flowgen.io import is_remote
 from flowgen.sweep import budget, report, store
 from flowgen.sweep import spec as spec_lib
 from flowgen.sweep.metrics import METRICS, score
@@ -358,9 +359,19 @@ def _trained(m: spec_lib.ModelSpec, workdir: str) -> bool:
     return bool(steps) and max(steps) >= m.source.train.num_steps
 
 
+def require_local_workdir(workdir: str | os.PathLike) -> None:
+    """Refuse (ValueError) a sweep workdir that is a URI such as gs://...: a sweep's lock (``O_EXCL``, a pid check)
+    and its write-once cells rely on a POSIX filesystem, which object stores are not. (A training workdir may be one.)
+    """
+    if is_remote(workdir):
+        raise ValueError("sweep workdirs must be local (the lock and the write-once cells need a POSIX filesystem); "
+                         f"got {os.fspath(workdir)}")
+
+
 def evaluate(config, workdir: str, progress: bool = True, only: str | None = None) -> None:
     """Sample and score every missing cell of the sweep ``config`` (its models trained or loaded in this process),
     or only of model ``only``: the task of one model in ``flowgen.sweep.launch``."""
+    require_local_workdir(workdir)
     spec = spec_lib.parse(config)
     if only is not None:
         spec = dataclasses.replace(spec, models=tuple(m for m in spec.models if m.name == only))
@@ -453,6 +464,7 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     model whose cells are all there; a failed model is named with its log and does not stop the others."""
     from flowgen.sweep import launch, lock
 
+    require_local_workdir(workdir)
     spec = spec_lib.parse(config)                 # every check before anything is trained, sampled or written
     launcher = launch.get(dict(spec.launcher))
     workdir = os.path.abspath(workdir)

@@ -42,6 +42,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from flowgen.io import workdir_path
+
 log = logging.getLogger(__name__)
 
 STATE, METADATA = "state", "metadata"
@@ -224,7 +226,7 @@ class Checkpointer:
             while dst.exists():  # never overwrite an earlier quarantined copy
                 n += 1
                 dst = self.directory / CORRUPT_DIR / f"{step}-{stamp}-{n}"
-            src.rename(dst)
+            src.rename(dst)  # atomic on a local filesystem; on gs:// and the like a copy then a delete, per object
             try:
                 (dst / QUARANTINE_NOTE).write_text(
                     f"step {step} moved here from {src} at {stamp}: {reason}\nTo use it again (e.g. after repairing "
@@ -482,8 +484,7 @@ def _is_damage(error: BaseException) -> bool:
 
 def _absolute(directory) -> epath.Path:
     """``directory`` as an absolute path (orbax refuses relative ones); URLs such as gs://... are left as they are."""
-    text = os.fspath(directory)
-    return epath.Path(text if "://" in text else os.path.abspath(text))
+    return workdir_path(directory)
 
 
 def _describe(e: BaseException) -> str:

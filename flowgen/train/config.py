@@ -216,16 +216,17 @@ def data_name_of(config) -> str:
     return PAIRS
 
 
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
+def saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The run's ``config.json`` (written by the training loop) as a ConfigDict, upgraded to this version's keys.
-    FileNotFoundError if the workdir has none."""
-    import os
+    FileNotFoundError if the workdir has none. ``workdir`` may be a URI (gs://...): read with ``etils.epath``."""
+    from etils import epath
 
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: {workdir!r} is not a flowgen training workdir")
-    with open(path) as f:
-        return upgrade(json.load(f))
+    path = epath.Path(os.fspath(workdir)) / "config.json"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: {os.fspath(workdir)!r} is not a flowgen training workdir") from None
+    return upgrade(json.loads(text))
 
 
 def upgrade(config) -> ml_collections.ConfigDict:

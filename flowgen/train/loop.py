@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 import flowgen.train.resume as resume
+from flowgen.io import workdir_path
 from flowgen.train import config as config_lib
 from flowgen.train import input as input_lib
 from flowgen.train import sharding as sharding_lib
@@ -74,14 +75,15 @@ class Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
+def train_and_evaluate(config, workdir: str | os.PathLike, *, restart: bool = False) -> dict:
     """Train ``config`` in ``workdir`` (resuming if it holds checkpoints). Returns the last logged metrics.
 
     A workdir whose checkpoints were all quarantined is refused (``resume.RunRefusedError``) unless ``restart``;
-    a finished run returns at once (see ``flowgen.train.resume``)."""
+    a finished run returns at once (see ``flowgen.train.resume``). ``workdir`` may be a URI (gs://bucket/run: every
+    file goes through ``etils.epath``, and orbax gets the URI unchanged)."""
     config_lib.validate(config)
-    workdir = os.path.abspath(workdir)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    workdir = workdir_path(workdir)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     try:
         resume.check_workdir(config, workdir, checkpointer)
         done = resume.finished(config, workdir, checkpointer)
@@ -92,7 +94,7 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     if done is not None:
         checkpointer.close()
         return done
-    os.makedirs(workdir, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     data = run.make_input()
     step, state = _start(run, data, checkpointer, workdir, restart)
     writer = MetricWriter(workdir)
@@ -147,7 +149,7 @@ def train_and_evaluate(config, workdir: str, *, restart: bool = False) -> dict:
     return progress.last
 
 
-def _start(run: Run, data, checkpointer: Checkpointer, workdir: str, restart: bool):
+def _start(run: Run, data, checkpointer: Checkpointer, workdir, restart: bool):
     """``(step, state)``: restored from the newest good checkpoint (with the data iterator's state), or fresh."""
     restored = run.restore(checkpointer)
     if restored is not None:
@@ -271,7 +273,7 @@ class Progress:
         self.first = True
         self.first_call_steps = 0
         self.last: dict = {}
-        self.samples: list[str] = []
+        self.samples: list = []
         self.throughput = Throughput()
         self.seconds = {"compile": 0.0, "sampling": 0.0, "checkpoint": 0.0}
         self.t_start = self._last_line = time.perf_counter()
@@ -340,7 +342,7 @@ class Progress:
         ckpt = self.checkpointer.all_steps()
         log.info("wrote in %s:\n  checkpoints/  steps %s\n  metrics.jsonl, tensorboard/, config.json\n  samples/  %s",
                  self.workdir, ", ".join(map(str, ckpt)) or "none",
-                 ", ".join(os.path.basename(p) for p in self.samples) or "none this run")
+                 ", ".join(p.name for p in self.samples) or "none this run")
 
 
 def _duration(seconds) -> str:
@@ -351,7 +353,6 @@ def _duration(seconds) -> str:
         f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s")
 
 
-def _write_config(workdir: str, config) -> None:
+def _write_config(workdir, config) -> None:
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))

@@ -3,7 +3,10 @@ console line. Only process 0 writes.
 
 ``metrics.jsonl`` is append-only: a run resumed from a checkpoint older than its last logged step logs the steps
 after that checkpoint again (with the same values: resuming is exact), and sampling metrics come as rows of their
-own. ``read_metrics(workdir)`` gives one merged row per step."""
+own. ``read_metrics(workdir)`` gives one merged row per step.
+
+The workdir may be a URI (gs://...): files go through ``etils.epath``, and tensorboardX writes its event files to
+gs:// or s3:// itself (it is given the string)."""
 
 from __future__ import annotations
 
@@ -13,26 +16,43 @@ import time
 
 import jax
 import numpy as np
+from etils import epath
+
+from flowgen.io import is_remote
 
 
 class MetricWriter:
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str | os.PathLike):
         self.enabled = jax.process_index() == 0
         self._jsonl = None
         self._tb = None
+        self._remote: tuple[epath.Path, list[str]] | None = None
         if self.enabled:
-            os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115 - closed in close()
+            workdir = epath.Path(os.fspath(workdir))
+            workdir.mkdir(parents=True, exist_ok=True)
+            path = workdir / "metrics.jsonl"
+            if is_remote(workdir):
+                # Objects on gs:// and the like cannot be appended to: keep the text and rewrite the object at each
+                # write (metrics.jsonl is small: one line per logged step).
+                self._remote = (path, [path.read_text()] if path.exists() else [])
+            else:
+                self._jsonl = open(os.fspath(path), "a")  # noqa: SIM115 - closed in close()
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+            self._tb = SummaryWriter(os.fspath(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
         if not self.enabled:
             return
         scalars = {k: float(np.asarray(v)) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n"
+        if self._remote is not None:
+            path, parts = self._remote
+            parts.append(line)
+            path.write_text("".join(parts))
+        else:
+            self._jsonl.write(line)
+            self._jsonl.flush()
         for k, v in scalars.items():
             self._tb.add_scalar(k, v, int(step))
         self._tb.flush()
@@ -43,7 +63,8 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
             self._tb.close()
 
 
@@ -52,11 +73,10 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     (training metrics, sampling metrics), a later row's values replacing an earlier one's (a step logged again after
     a resume). Raises FileNotFoundError if the run has logged nothing."""
     merged: dict[int, dict] = {}
-    with open(os.path.join(os.fspath(workdir), "metrics.jsonl")) as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                merged.setdefault(int(row["step"]), {}).update(row)
+    for line in (epath.Path(os.fspath(workdir)) / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            merged.setdefault(int(row["step"]), {}).update(row)
     return [merged[step] for step in sorted(merged)]
 
 

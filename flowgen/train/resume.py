@@ -20,6 +20,7 @@ import os
 
 import jax
 import ml_collections
+from etils import epath
 
 from flowgen.train import config as config_lib
 from flowgen.train import optim
@@ -38,13 +39,12 @@ class ConfigMismatchError(RunRefusedError):
     """The workdir's checkpoints were made by a different config."""
 
 
-def saved_config(workdir: str) -> dict | None:
+def saved_config(workdir: str | os.PathLike) -> dict | None:
     """The full config the workdir's run was started with (``config.json``), or None."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = epath.Path(os.fspath(workdir)) / CONFIG_FILE
+    if not path.exists():
         return None
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 def check_workdir(config, workdir: str, checkpointer, training: bool = True) -> None:
@@ -85,10 +85,9 @@ def finished(config, workdir: str, checkpointer) -> dict | None:
     if step is None or step < config.train.num_steps:
         return None
     last = {}
-    path = os.path.join(workdir, METRICS_FILE)
-    if os.path.exists(path):
-        with open(path) as f:
-            lines = [json.loads(x) for x in f if x.strip()]
+    path = epath.Path(os.fspath(workdir)) / METRICS_FILE
+    if path.exists():
+        lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         last = next((x for x in reversed(lines) if "loss" in x), {})
     log.info("already done: %s holds the checkpoint of step %d (train.num_steps=%d); nothing to train. To train "
              "further, raise --config.train.num_steps (schedules permitting); to sample: --mode=sample",
@@ -118,16 +117,17 @@ def start_fresh(workdir: str, checkpointer, restart: bool) -> None:
             f"{checkpointer.directory}/<step>, e.g. after fixing the files) and run again, or discard them and start "
             "over with --restart (they stay in corrupt/; delete that folder yourself if you wish). Nothing was "
             "changed.")
-    present = [name for name in OUTPUTS if os.path.exists(os.path.join(workdir, name))]
+    workdir = epath.Path(os.fspath(workdir))
+    present = [name for name in OUTPUTS if (workdir / name).exists()]
     if not present or jax.process_index() != 0:
         return
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
-    dest = os.path.join(workdir, f"previous-{stamp}")
+    dest = workdir / f"previous-{stamp}"
     n = 0
-    while os.path.exists(dest):
+    while dest.exists():
         n += 1
-        dest = os.path.join(workdir, f"previous-{stamp}-{n}")
-    os.makedirs(dest)
-    for name in present:
-        os.rename(os.path.join(workdir, name), os.path.join(dest, name))
+        dest = workdir / f"previous-{stamp}-{n}"
+    dest.mkdir(parents=True)
+    for name in present:  # atomic renames locally; on gs:// and the like a copy then a delete, object by object
+        (workdir / name).rename(dest / name)
     log.warning("starting from step 0: moved the earlier run's %s to %s", ", ".join(present), dest)

@@ -12,13 +12,15 @@ come from that one draw. Training's own grids (``step_<step>.png``) are never to
 
 from __future__ import annotations
 
-import glob
+import io
 import logging
 import os
 
 import jax
 import numpy as np
+from etils import epath
 
+from flowgen.io import workdir_path, write_bytes_once
 from flowgen.train import config as config_lib
 from flowgen.train import resume, visualize
 from flowgen.train.checkpoint import Checkpointer
@@ -39,9 +41,8 @@ def sample_stem(config, step: int, nfe: int | str) -> str:
     return f"sample_step{step:07d}_{s.ema}_{s.solver}_{s.num_steps}steps_{s.grid}_nfe{nfe}_g{guidance}"
 
 
-def _refuse_existing(config, out_dir: str, step: int) -> None:
-    pattern = os.path.join(glob.escape(out_dir), sample_stem(config, step, "*") + ".*")
-    existing = sorted(glob.glob(pattern))
+def _refuse_existing(config, out_dir: epath.Path, step: int) -> None:
+    existing = sorted(str(p) for p in out_dir.glob(sample_stem(config, step, "*") + ".*")) if out_dir.exists() else []
     if existing:
         raise SamplesExistError(
             f"samples of checkpoint step {step} with these settings exist already: {', '.join(existing)}. Refusing "
@@ -50,13 +51,14 @@ def _refuse_existing(config, out_dir: str, step: int) -> None:
             "Nothing was drawn or written.")
 
 
-def sample_from_checkpoint(config, workdir: str) -> dict:
-    """Restore the newest good checkpoint of ``workdir``, draw ``sample.num_samples`` samples once, write the PNG and
-    the ``.npz`` (see the module docstring) and return the quality metrics plus ``png``/``npz`` paths."""
+def sample_from_checkpoint(config, workdir: str | os.PathLike) -> dict:
+    """Restore the newest good checkpoint of ``workdir`` (a local path or a URI such as gs://...), draw
+    ``sample.num_samples`` samples once, write the PNG and the ``.npz`` (see the module docstring) and return the
+    quality metrics plus ``png``/``npz`` paths (strings)."""
     config_lib.validate(config)
-    workdir = os.path.abspath(workdir)
-    out_dir = os.path.join(workdir, "samples")
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+    workdir = workdir_path(workdir)
+    out_dir = workdir / "samples"
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints)
     try:
         latest = checkpointer.latest_step()
         if latest is None:
@@ -77,13 +79,15 @@ def sample_from_checkpoint(config, workdir: str) -> dict:
     stem = sample_stem(config, step, nfe)
     quality = visualize.sample_and_report(run, workdir, step, state, run.make_input(), key, drawn=(samples, nfe),
                                           png_name=stem + ".png")
-    npz = os.path.join(out_dir, stem + ".npz")
+    npz = out_dir / (stem + ".npz")
     if jax.process_index() == 0:
-        with open(npz, "xb") as f:  # exclusive: never replaces a file
-            np.savez(f, samples=samples, nfe=nfe, step=step, solver=config.sample.solver,
-                     num_steps=config.sample.num_steps, grid=config.sample.grid,
-                     guidance=np.nan if config.sample.guidance is None else config.sample.guidance,
-                     ema=config.sample.ema)
-    png = os.path.join(out_dir, stem + ".png")
+        buffer = io.BytesIO()
+        np.savez(buffer, samples=samples, nfe=nfe, step=step, solver=config.sample.solver,
+                 num_steps=config.sample.num_steps, grid=config.sample.grid,
+                 guidance=np.nan if config.sample.guidance is None else config.sample.guidance,
+                 ema=config.sample.ema)
+        # Exclusive: never replaces a file (locally; an object store has no exclusive create, see write_bytes_once).
+        write_bytes_once(npz, buffer.getvalue())
+    npz, png = str(npz), str(out_dir / (stem + ".png"))
     log.info("wrote %s and %s (%s)", png, npz, ", ".join(f"{k} {v:.4g}" for k, v in quality.items()))
     return {**quality, "png": png, "npz": npz}

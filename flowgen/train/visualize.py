@@ -11,15 +11,16 @@ import os
 
 import jax
 import numpy as np
+from etils import epath
 
 from flowgen.evals.sample_metrics import random_directions, sliced_w2
 
 log = logging.getLogger("flowgen")
 
 
-def sample_path(workdir: str, step: int) -> str:
-    """The PNG written by ``sample_and_report`` at ``step``."""
-    return os.path.join(workdir, "samples", f"step_{step:07d}.png")
+def sample_path(workdir: str | os.PathLike, step: int) -> epath.Path:
+    """The PNG written by ``sample_and_report`` at ``step`` (``workdir`` may be a URI such as gs://...)."""
+    return epath.Path(os.fspath(workdir)) / "samples" / f"step_{step:07d}.png"
 
 
 #: Sample grids show every image at least this many pixels high (nearest-neighbour upscaling by an integer).
@@ -56,7 +57,13 @@ def image_grid(samples: np.ndarray, num_classes: int = 0, max_images: int = 64, 
     return grid, row_labels
 
 
-def _save_grid(filename: str, grid: np.ndarray, row_labels, title: str) -> None:
+def _save_figure(fig, filename: epath.Path, dpi: int) -> None:
+    """``fig`` as a PNG at ``filename`` (local or a URI: matplotlib writes into the file epath opens)."""
+    with filename.open("wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+
+
+def _save_grid(filename: epath.Path, grid: np.ndarray, row_labels, title: str) -> None:
     """Write the grid at one screen pixel per grid pixel, with the class of each row on the left."""
     import matplotlib
 
@@ -78,7 +85,7 @@ def _save_grid(filename: str, grid: np.ndarray, row_labels, title: str) -> None:
     else:
         ax.set_yticks([])
     ax.set_title(title, fontsize=8)
-    fig.savefig(filename, dpi=dpi)
+    _save_figure(fig, filename, dpi)
     plt.close(fig)
 
 
@@ -92,10 +99,10 @@ def sample_and_report(run, workdir, step, state, data, key, drawn=None, png_name
         drawn = run.draw_samples(state, key, num)
     samples, nfe = drawn
     reference = data.reference(num)
-    filename = os.path.join(workdir, "samples", png_name) if png_name else sample_path(workdir, step)
+    filename = epath.Path(os.fspath(workdir)) / "samples" / png_name if png_name else sample_path(workdir, step)
     writes = jax.process_index() == 0
     if writes:
-        os.makedirs(os.path.dirname(filename), exist_ok=True)
+        filename.parent.mkdir(parents=True, exist_ok=True)
     if samples.ndim == 2:
         metrics = {"sample/sliced_w2": sliced_w2(samples, reference[: len(samples)], random_directions(64, 2)),
                    "sample/nfe": nfe}
@@ -111,7 +118,7 @@ def sample_and_report(run, workdir, step, state, data, key, drawn=None, png_name
             ax.set_title(f"step {step}: {config.sample.solver}, NFE {nfe}, sliced W2 "
                          f"{metrics['sample/sliced_w2']:.3f}", fontsize=9)
             ax.legend(loc="upper right", fontsize=7)
-            fig.savefig(filename, dpi=100)
+            _save_figure(fig, filename, 100)
             plt.close(fig)
     else:
         axes = tuple(range(samples.ndim - 1))
