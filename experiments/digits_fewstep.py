@@ -3,13 +3,14 @@ command's rectified flow and VP models, at NFE 1, 2, 4 (and the multi-step solve
 
     python -m flowgen.main --mode=sweep --config=experiments/digits_fewstep.py --workdir=results/digits_fewstep
 
-One network family and budget: the main command's MLP on the 64 pixels (hidden 512, depth 3), batch 128, Adam 2e-3
-with 100 warm-up steps, gradient clip 1, EMA 0.995, ``STEPS`` steps for every model trained from data (a MeanFlow
+One network family and budget: ``digits_model``'s recipe of experiments/digits_nfe.py, the MLP on the 64 pixels
+(hidden 512, depth 3), batch 128, Adam 2e-3 with 100 warm-up steps, gradient clip 1, EMA 0.995, ``STEPS`` steps for
+every model trained from data (the main command trains the same MLP 6000 steps) (a MeanFlow
 or shortcut step costs about 1.5× a flow-matching step: ``benchmarks/fewstep_step_cost.py``). The few-step methods
 (and the models trained on pairs) take time features of 10·t instead of 1000·t: MeanFlow's loss differentiates the
 network in time (``flowgen/methods/meanflow.py``), and the others use the same network for a like-for-like table.
 
-    rf             rectified flow (experiments/digits_nfe.py's recipe): euler, heun, dpmpp_2m at every NFE
+    rf             rectified flow (``digits_model``'s recipe): euler, heun, dpmpp_2m at every NFE
     vp             VP with linear β, ε-prediction (the same recipe): ddim, dpmpp_2m
     meanflow       MeanFlow (Geng et al. 2025): its own sampler, 1 jump per NFE
     shortcut       shortcut model (Frans et al. 2024): its own sampler, a power of two of jumps
@@ -39,7 +40,7 @@ NFE = (1, 2, 4, 8, 16, 32, 64)
 
 
 def _digits_model(path: str, target: str, num_steps: int):
-    """experiments/digits_nfe.py's shared recipe (the main command's models)."""
+    """experiments/digits_nfe.py's ``digits_model`` (the main command trains the same MLP 6000 steps)."""
     file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_nfe.py")
     spec = importlib.util.spec_from_file_location("digits_nfe", file)
     module = importlib.util.module_from_spec(spec)

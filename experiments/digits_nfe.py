@@ -3,11 +3,15 @@ NFE ∈ {1, 2, 4, 8, 16, 32, 64} for euler, heun, ddim, dpmpp_2m and unipc on bo
 
     python -m flowgen.main --mode=sweep --config=experiments/digits_nfe.py --workdir=results/digits_nfe
 
-Both models get the same network and budget, chosen to train in a few minutes on 2 CPU cores: an MLP on the 64
-pixels (hidden 512, depth 3; 1.1 M parameters), unconditional, batch 128, Adam 2e-3 with 100 warm-up steps,
-gradient clip 1, EMA 0.995, 1200 steps. They differ only in path and target: rectified flow (linear path, velocity)
-and the VP SDE with linear β (Song et al. 2021; noise target, the plain ε-loss of Ho et al. 2020). Models are
-trained (resumably) in WORKDIR/models/{rf,vp}; running the command again recomputes nothing.
+Both models get the same network and budget, chosen to train in a few minutes on 2 CPU cores (``main_model``): an
+MLP on the 64 pixels (hidden 512, depth 3; 1.1 M parameters), unconditional, batch 128, Adam 2e-3 with 100 warm-up
+steps and a cosine decay, gradient clip 1, EMA 0.999, ``MAIN_STEPS`` = 6000 steps. They differ only in path and
+target: rectified flow (linear path, velocity) and the VP SDE with linear β (Song et al. 2021; noise target, the
+plain ε-loss of Ho et al. 2020). Models are trained (resumably) in WORKDIR/models/{rf,vp}; running the command again
+recomputes nothing. Metrics: digits-FID, the pixel Fréchet distance and the legible fraction (the share of samples
+the digits classifier reads as one digit with probability ≥ 0.9; real held-out digits: 0.95). The budget was chosen
+so that the RF model's samples at 64 NFE are legible within 10 points of real digits (``digits_model``'s 1200
+steps, the recipe of the other digits experiments, reach 0.74).
 
 A cell below a solver's minimum NFE (Heun's two calls cannot fit NFE 1) is reported as unreachable.
 """
@@ -44,16 +48,28 @@ def digits_model(path: str, target: str, num_steps: int = 1200) -> ml_collection
     return c
 
 
+MAIN_STEPS = 6000
+
+
+def main_model(path: str, target: str) -> ml_collections.ConfigDict:
+    """The main command's models: ``digits_model`` trained five times longer with a cosine decay and a slower EMA."""
+    c = digits_model(path, target, MAIN_STEPS)
+    c.optim.schedule = "cosine"
+    c.ema.decays = (0.999,)
+    c.train.checkpoint_every = 2000
+    return c
+
+
 def get_config():
     c = ml_collections.ConfigDict()
     c.title = "NFE vs. quality on 8×8 digits: rectified flow vs. VP (ε), same network and budget"
-    c.models = {"rf": {"train": digits_model("linear", "velocity")},
-                "vp": {"train": digits_model("vp_linear", "noise")}}
+    c.models = {"rf": {"train": main_model("linear", "velocity")},
+                "vp": {"train": main_model("vp_linear", "noise")}}
     c.solvers = SOLVERS
     c.nfe = NFE
     c.guidance = (None,)
     c.seeds = (0, 1, 2)
-    c.metrics = ("digits_fid", "pixel_fd")
+    c.metrics = ("digits_fid", "pixel_fd", "legible")
     c.num_samples = 1000
     c.grid = ""
     c.launcher = launch.defaults()          # local; e.g. --config.launcher.name=processes

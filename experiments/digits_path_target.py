@@ -4,7 +4,7 @@ budget, swept over NFE with the fixed-step solvers.
 
     python -m flowgen.main --mode=sweep --config=experiments/digits_path_target.py --workdir=results/digits_path_target
 
-Every point is the main command's recipe (``experiments/digits_nfe.py``: MLP 512×3, batch 128, Adam 2e-3, EMA
+Every point is ``digits_model``'s recipe (``experiments/digits_nfe.py``: MLP 512×3, batch 128, Adam 2e-3, EMA
 0.995, 1200 steps) with its path and target changed and each target's usual loss: velocity and noise with their
 plain objectives (``weighting = "uniform"``: the flow-matching loss, the DDPM ε-loss), score with denoising score
 matching's λ(t) = σ² (``weighting = "snr"``: w_x = SNR, i.e. the ε-loss again). Every path runs on t ∈ [0, 0.999]

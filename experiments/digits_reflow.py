@@ -3,7 +3,7 @@ in shape, on digits instead of CIFAR-10).
 
     python -m flowgen.main --mode=sweep --config=experiments/digits_reflow.py --workdir=results/digits_reflow
 
-Every model is the main command's recipe (``experiments/digits_nfe.py``: MLP 512×3, batch 128, Adam 2e-3, EMA 0.995,
+Every model is ``digits_model``'s recipe (``experiments/digits_nfe.py``: MLP 512×3, batch 128, Adam 2e-3, EMA 0.995,
 ``STEPS`` steps, linear path, velocity); k-RF trains from scratch on ``PAIRS`` pairs of (k−1)-RF (RK4, 32 steps),
 the distilled models (``method.name = "distill"``) on the pairs of the model they distil. Euler at NFE 1, 2, 4, 8
 (one step for the distilled models), three seeds, 1000 samples; digits-FID, the pixel Fréchet distance and Liu et

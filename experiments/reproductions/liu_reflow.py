@@ -87,8 +87,9 @@ def report(results: dict, seconds: float) -> str:
              "50k samples at one Euler step, their Table 1 as we read it): 1-RF 378, 2-RF 12.21, 3-RF 8.15, 2-RF + "
              "distill 4.85, 3-RF + distill 5.21.", "",
              "**Ours**: `experiments/toy2d_reflow.py` (MLP 3×256, 3000 steps per model, 20,000 pairs) and "
-             "`experiments/digits_reflow.py` (the main command's MLP, 1200 steps per model, 10,000 pairs); every k-RF "
-             "trains from scratch on its teacher's pairs (RK4, 32 steps); one training run per model, spread over "
+             "`experiments/digits_reflow.py` (the main command's MLP, 1200 steps per model rather than its 6000, "
+             "10,000 pairs); every k-RF trains from scratch on its teacher's pairs (RK4, 32 steps); one training run "
+             "per model, spread over "
              "sampling seeds. Straightness: Liu et al.'s S of each model's ODE (RK4, 64 steps from the same noise). "
              f"Wall time of this run: {seconds / 60:.1f} min ({FROM_SCRATCH}; a second run recomputes nothing).",
              ""]
