@@ -26,13 +26,13 @@ Metrics: digits-FID (classifier features) and the pixel Fréchet distance, 1000 
 Variant ``quick``: 60 steps per model, 512 pairs, NFE 1 and 4, 200 samples, one seed (the tests' version).
 """
 
-import importlib.util
 import math
 import os
 
 import ml_collections
 
 from flowgen.sweep import launch
+from flowgen.train.config import load_config_module
 
 STEPS = 1200
 PAIRS = 10000
@@ -41,11 +41,8 @@ NFE = (1, 2, 4, 8, 16, 32, 64)
 
 def _digits_model(path: str, target: str, num_steps: int):
     """experiments/digits_nfe.py's ``digits_model`` (the main command trains the same MLP 6000 steps)."""
-    file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_nfe.py")
-    spec = importlib.util.spec_from_file_location("digits_nfe", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.digits_model(path, target, num_steps)
+    return load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_nfe.py"),
+                              "digits_nfe").digits_model(path, target, num_steps)
 
 
 def few_step_model(method: str, num_steps: int, **method_kwargs):

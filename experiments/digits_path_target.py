@@ -17,20 +17,17 @@ two seeds, 1000 samples; digits-FID, the pixel Fréchet distance and the legible
 Variant ``quick``: 60 steps per model, NFE 4, one seed, 200 samples (tests).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
 from flowgen.sweep import launch
+from flowgen.train.config import load_config_module
 
 
 def _recipe(num_steps: int):
-    file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_nfe.py")
-    spec = importlib.util.spec_from_file_location("digits_nfe", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.digits_model("linear", "velocity", num_steps)
+    c = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_nfe.py"),
+                           "digits_nfe").digits_model("linear", "velocity", num_steps)
     c.train.sample_every = 0
     c.path.kwargs = {"t_max": 0.999}      # every path ends where the VP path does: the score is finite there
     return c

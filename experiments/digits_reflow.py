@@ -12,23 +12,20 @@ al.'s straightness. ``experiments/reproductions/liu_reflow.py`` runs it beside t
 Variant ``quick``: 60 steps, 512 pairs, NFE 1, one seed, 200 samples (the tests' version).
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
 from flowgen.sweep import launch
+from flowgen.train.config import load_config_module
 
 STEPS = 1200
 PAIRS = 10000
 
 
 def recipe(num_steps: int, method: str = "flow_matching"):
-    file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_nfe.py")
-    spec = importlib.util.spec_from_file_location("digits_nfe", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.digits_model("linear", "velocity", num_steps)
+    c = load_config_module(os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_nfe.py"),
+                           "digits_nfe").digits_model("linear", "velocity", num_steps)
     c.method.name = method
     c.train.sample_every = 0
     return c

@@ -1,7 +1,19 @@
 """Shared fixtures. Numerical property tests run in float64 (``x64`` fixture); everything else in float32."""
 
+import gc
+
 import jax
 import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_compiled_programs():
+    """After each test module, drop JAX's caches of traced and compiled programs: the whole suite runs in one
+    process, and over ~1200 tests the executables of finished modules would otherwise stay in memory (a fresh-clone
+    run crashed inside XLA's compiler at 80% of the suite without this)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture

@@ -198,52 +198,47 @@ def _floor(metric, data_name: str, num_samples: int, fold) -> tuple[float, str]:
                                      f"{np.std(values, ddof=1):.2g}")
 
 
-class SlicedW2(Metric):
+class _ToyDistance(Metric):
+    """A distance to ``num_samples`` fresh points of a 2-D toy set (drawn with ``TRUE_SEED``); floor: the same
+    distance between independent true sets of that size (``_floor``)."""
+
+    TRUE_SEED = 0
+
+    @classmethod
+    def fits(cls, data_name):
+        from flowgen.data import toy
+
+        return data_name in toy.TOY_DATASETS
+
+    def __init__(self, data_name, num_samples):
+        from flowgen.data import toy
+
+        super().__init__(data_name, num_samples)
+        self._true = np.asarray(toy.toy_batch(data_name, self.TRUE_SEED, 0, num_samples), np.float64)
+        self.reference = f"{num_samples} samples of {data_name!r}"
+        self.floor, self.floor_note = _floor(self, data_name, num_samples, lambda v: v)
+
+
+class SlicedW2(_ToyDistance):
     """Sliced W2 (128 directions) to as many fresh samples of the 2-D data set; floor: other true samples of the
     same size (the Monte-Carlo noise of the estimate, averaged over several sets)."""
 
     name = "sliced_w2"
     description = "sliced W2 to fresh data samples (128 directions)"
-
-    @classmethod
-    def fits(cls, data_name):
-        from flowgen.data import toy
-
-        return data_name in toy.TOY_DATASETS
-
-    def __init__(self, data_name, num_samples):
-        from flowgen.data import toy
-
-        super().__init__(data_name, num_samples)
-        self._directions = random_directions(128, 2, seed=0)
-        self._true = np.asarray(toy.toy_batch(data_name, 12345, 0, num_samples), np.float64)
-        self.reference = f"{num_samples} samples of {data_name!r}"
-        self.floor, self.floor_note = _floor(self, data_name, num_samples, lambda v: v)
+    TRUE_SEED = 12345
+    _directions = random_directions(128, 2, seed=0)
 
     def __call__(self, samples):
         return sliced_w2(np.asarray(samples, np.float64).reshape(len(samples), -1), self._true, self._directions)
 
 
-class ExactW2(Metric):
+class ExactW2(_ToyDistance):
     """Exact W2 (an optimal assignment by scipy, ``flowgen.evals.sample_metrics.wasserstein2``) to as many fresh
     held-out samples of the 2-D data set; floor: the same between independent true sets of that size (averaged)."""
 
     name = "w2"
     description = "exact W2 (optimal assignment) to fresh held-out data samples"
-
-    @classmethod
-    def fits(cls, data_name):
-        from flowgen.data import toy
-
-        return data_name in toy.TOY_DATASETS
-
-    def __init__(self, data_name, num_samples):
-        from flowgen.data import toy
-
-        super().__init__(data_name, num_samples)
-        self._true = np.asarray(toy.toy_batch(data_name, 23456, 0, num_samples), np.float64)
-        self.reference = f"{num_samples} held-out samples of {data_name!r}"
-        self.floor, self.floor_note = _floor(self, data_name, num_samples, lambda v: v)
+    TRUE_SEED = 23456
 
     def __call__(self, samples):
         from flowgen.evals.sample_metrics import wasserstein2
