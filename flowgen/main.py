@@ -207,6 +207,10 @@ def _open_section_overrides(argv: list[str]) -> tuple[list[str], list[tuple[list
     (section path, key, value), the value read as a Python literal where it is one (else the string)."""
     import ast
 
+    candidates = [a for a in argv if (m := re.match(r"^--config\.([\w.]+)\.\w+=", a))
+                  and OPEN_SECTION.search(m.group(1))]
+    if not candidates:                  # the common case: nothing to add, the config file is not loaded twice
+        return argv, []
     config = _load_config(argv)
     if config is None:
         return argv, []
