@@ -1,4 +1,4 @@
-"""Exact minibatch OT-CFM: training steps/s of flowgen's command line (coupling ``ot``, solver scipy and auction)
+"""Exact minibatch OT-CFM: training steps/s of flowgen's command line (coupling ``ot``, solvers emd, scipy, auction)
 beside torchcfm's ExactOptimalTransportConditionalFlowMatcher (POT's EMD), and the assignment alone.
 
     python benchmarks/ot_coupling.py --torch-python /work/torchvenv/bin/python
@@ -8,8 +8,9 @@ data 8gaussians, MLP 3×64, coupling ot) at each batch size, its closing summary
 torchcfm: ``benchmarks/ot_coupling_torch.py`` (torchcfm's MLP 3×64, Adam) at 1 and 2 torch threads, the better one.
 Every contender is a fresh process; all run in ``--rounds`` rounds, order rotated each round; medians are reported,
 with the load average beside every figure and the matmul peak (``common.matmul_peak_gflops``) before and after.
-The assignment alone: scipy's linear_sum_assignment (what the callback runs) against the jitted auction on the
-squared costs of the same 8-Gaussian / N(0, I) batch, medians of interleaved calls.
+The assignment alone: each solver as the coupling calls it (jitted: the host solvers through their callback) on the
+squared costs of the same 8-Gaussian / N(0, I) batch, medians of interleaved calls, and each one's excess total
+cost over scipy's optimum.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def torch_rate(python: str, batch: int, steps: int, threads: int) -> float:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])["steps_per_s"]
 
 
-def assignment_times(batches, reps: int) -> dict:
+def assignment_times(batches, solvers, reps: int) -> dict:
     import jax
     import numpy as np
     import scipy.optimize
@@ -67,22 +68,22 @@ def assignment_times(batches, reps: int) -> dict:
     for b in batches:
         x = np.asarray(toy_batch("8gaussians", 0, 1, b))
         cost = couplings.squared_cost(x, jax.random.normal(jax.random.key(b), (b, 2)))
-        auction = jax.jit(couplings.ASSIGNMENT_SOLVERS["auction"])
-        callback = jax.jit(couplings.ASSIGNMENT_SOLVERS["scipy"])
-        auction(cost).block_until_ready()
-        callback(cost).block_until_ready()
-        times = {"scipy (callback)": [], "auction": [], "load": []}
+        fns = {s: jax.jit(couplings.ASSIGNMENT_SOLVERS[s]) for s in solvers}
+        for fn in fns.values():
+            fn(cost).block_until_ready()
+        times = {**{s: [] for s in solvers}, "load": []}
         for _ in range(reps):
-            for name, fn in (("scipy (callback)", callback), ("auction", auction)):
+            for name, fn in fns.items():
                 t = time.perf_counter()
                 fn(cost).block_until_ready()
                 times[name].append(time.perf_counter() - t)
             times["load"].append(load())
         c64 = np.asarray(cost, np.float64)
         r, j = scipy.optimize.linear_sum_assignment(c64)
-        p = np.asarray(auction(cost))
         out[b] = {k: float(np.median(v)) for k, v in times.items()}
-        out[b]["auction relative excess cost"] = float(c64[np.arange(b), p].sum() / c64[r, j].sum() - 1)
+        for name, fn in fns.items():
+            p = np.asarray(fn(cost))
+            out[b][f"{name} excess"] = float(c64[np.arange(b), p].sum() / c64[r, j].sum() - 1)
         print(b, out[b], file=sys.stderr, flush=True)
     return out
 
@@ -95,6 +96,7 @@ def main(argv=None):
     p.add_argument("--batches", default="128,512,1024")
     p.add_argument("--steps", default="400,60,20", help="flowgen/torchcfm steps per run at each batch size")
     p.add_argument("--auction-steps", default="100,10,10", help="steps of the (slower) auction runs (≥ 2 calls)")
+    p.add_argument("--solvers", default="emd,scipy,auction", help="flowgen's assignment solvers to run")
     p.add_argument("--steps-per-call", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--assign-reps", type=int, default=5)
@@ -109,17 +111,17 @@ def main(argv=None):
     result = {"date": now_utc(), "environment": environment(), "args": vars(a)}
     peak = [matmul_peak_gflops()]
     print(f"{now_utc()} load {load():.2f} matmul peak {peak[0]:.0f} GFLOP/s", flush=True)
-    assign = assignment_times(batches, a.assign_reps)
+    solvers = a.solvers.split(",")
+    assign = assignment_times(batches, solvers, a.assign_reps)
     result["assignment_s"] = assign
-    print("\nAssignment alone (median of interleaved calls, ms):\n")
-    print(markdown_table(["batch", "scipy callback ms", "auction ms", "auction / scipy", "auction excess cost",
-                          "load"],
-                         [[b, 1e3 * v["scipy (callback)"], 1e3 * v["auction"], v["auction"] / v["scipy (callback)"],
-                           f"{v['auction relative excess cost']:.1e}", v["load"]] for b, v in assign.items()]))
+    print("\nAssignment alone (median of interleaved calls, ms; excess total cost over scipy's optimum):\n")
+    print(markdown_table(["batch", *(f"{s} ms" for s in solvers), *(f"{s} excess" for s in solvers), "load"],
+                         [[b, *(1e3 * v[s] for s in solvers), *(f"{v[s + ' excess']:.1e}" for s in solvers),
+                           v["load"]] for b, v in assign.items()]))
 
     if not a.skip_training:
-        contenders = {"flowgen scipy": lambda b: flowgen_rate("scipy", b, steps[b], a.steps_per_call),
-                      "flowgen auction": lambda b: flowgen_rate("auction", b, auction_steps[b], a.steps_per_call)}
+        contenders = {f"flowgen {s}": (lambda b, s=s: flowgen_rate(
+            s, b, (auction_steps if s == "auction" else steps)[b], a.steps_per_call)) for s in solvers}
         if a.torch_python:
             for threads in (1, 2):
                 contenders[f"torchcfm {threads}t"] = (
@@ -144,8 +146,8 @@ def main(argv=None):
             if a.torch_python:
                 best = max(("torchcfm 1t", "torchcfm 2t"), key=med.get)
                 row["torchcfm best"] = med[best]
-                row["scipy / torchcfm"] = med["flowgen scipy"] / med[best]
-                row["auction / torchcfm"] = med["flowgen auction"] / med[best]
+                for s in solvers:
+                    row[f"{s} / torchcfm"] = med[f"flowgen {s}"] / med[best]
             rows.append(row)
             table[b] = {"rates": {n: rates[n, b] for n in names}, "loads": {n: loads[n, b] for n in names}}
         result["training"] = {"rows": rows, "runs": table}

@@ -5,7 +5,7 @@ import importlib.util
 import os
 
 
-def get_config(variant: str = "scipy"):
+def get_config(variant: str = "emd"):
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "toy2d_rf.py")
     spec = importlib.util.spec_from_file_location("flowgen_config_toy2d_rf", path)
     module = importlib.util.module_from_spec(spec)
@@ -14,6 +14,6 @@ def get_config(variant: str = "scipy"):
     c.data.name = "8gaussians"
     c.model.kwargs = {"hidden": 64, "depth": 3}
     c.loss.coupling = "ot"
-    c.loss.coupling_options = {"solver": variant or "scipy"}
+    c.loss.coupling_options = {"solver": variant or "emd"}
     c.train.sample_every = 0
     return c

@@ -2,8 +2,9 @@
 
     independent   a source batch drawn independently of the data (I-CFM; Lipman et al. 2023)
     ot            minibatch optimal transport (Tong et al. 2023; Pooladian et al. 2023): the permutation π minimising
-                  Σ_i ‖x_i − z_π(i)‖², solved exactly with scipy's Hungarian algorithm on the host (jax.pure_callback),
-                  or (``solver="auction"``) with an ε-scaling auction on the device (exact on integer-rounded costs)
+                  Σ_i ‖x_i − z_π(i)‖², solved exactly on the host (jax.pure_callback) by POT's network simplex
+                  (default) or scipy's Hungarian algorithm, or (``solver="auction"``) with an ε-scaling auction on the
+                  device (exact on integer-rounded costs)
     sinkhorn      entropic minibatch OT with ott-jax's Sinkhorn; pairs (i, j) are drawn from the plan, as in torchcfm
     given         pairs supplied by the batch (``batch["noise"]``), e.g. reflow pairs (Liu et al. 2023); the data set
                   must carry them (``data.name = "pairs"``, see ``flowgen.data.pairs``)
@@ -35,14 +36,43 @@ def squared_cost(x_data: jax.Array, noise: jax.Array) -> jax.Array:
     return jnp.sum(a**2, 1)[:, None] + jnp.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
 
 
-def exact_assignment(cost: jax.Array) -> jax.Array:
-    """The permutation perm (B,) minimising Σ_i cost[i, perm[i]] (Hungarian algorithm, scipy, on the host)."""
+def _host_assignment(solve_np):
+    """Wrap a host solver ``(B, B) float64 ndarray -> perm (B,) int32`` as a ``jax.pure_callback`` (vmap: one call
+    per matrix)."""
 
-    def solve(c):
-        return scipy.optimize.linear_sum_assignment(np.asarray(c, np.float64))[1].astype(np.int32)
+    def assign(cost: jax.Array) -> jax.Array:
+        out = jax.ShapeDtypeStruct(cost.shape[:1], jnp.int32)
+        return jax.pure_callback(lambda c: solve_np(np.asarray(c, np.float64)), out, cost,
+                                 vmap_method="sequential")
 
-    out = jax.ShapeDtypeStruct(cost.shape[:1], jnp.int32)
-    return jax.pure_callback(solve, out, cost)
+    return assign
+
+
+def scipy_permutation(c: np.ndarray) -> np.ndarray:
+    return scipy.optimize.linear_sum_assignment(c)[1].astype(np.int32)
+
+
+def emd_permutation(c: np.ndarray) -> np.ndarray:
+    """POT's network simplex (``ot.emd``; Bonneel et al. 2011) on unit masses: its optimal basic solution is a
+    vertex of the Birkhoff polytope, i.e. a permutation matrix. The iteration cap is lifted (POT's default 10⁵ stops
+    short of optimality from B ≈ 1000 on) and any non-optimal or non-permutation answer raises."""
+    import ot  # POT: imported on first use (it pulls in its backends)
+
+    b = c.shape[0]
+    ones = np.ones(b)
+    plan, log = ot.emd(ones, ones, c, numItermax=max(10**7, 100 * b * b), log=True)
+    if log.get("result_code") != 1 or log.get("warning"):
+        raise RuntimeError(f"ot.emd did not reach the optimum: {log.get('warning')!r} (result code "
+                           f"{log.get('result_code')})")
+    perm = np.argmax(plan, axis=1).astype(np.int32)
+    if not (np.allclose(plan[np.arange(b), perm], 1.0) and np.array_equal(np.sort(perm), np.arange(b))):
+        raise RuntimeError("ot.emd returned a plan that is not a permutation")
+    return perm
+
+
+#: Exact assignment on the host: the permutation perm (B,) minimising Σ_i cost[i, perm[i]] of a (B, B) cost.
+exact_assignment = _host_assignment(scipy_permutation)
+emd_assignment = _host_assignment(emd_permutation)
 
 
 #: Integer levels of the rounded costs (see ``integer_costs``): 2²⁸/(B + 1) keeps every auction quantity in int32.
@@ -124,6 +154,7 @@ def auction_assignment(cost_int: jax.Array, theta: int = 4, chunk: int = 8) -> j
 
 #: The exact assignment solvers of ``MinibatchOT`` (``solver=``): cost (B, B) float → permutation (B,) int32.
 ASSIGNMENT_SOLVERS = {
+    "emd": emd_assignment,
     "scipy": exact_assignment,
     "auction": lambda cost: auction_assignment(integer_costs(cost)),
 }
@@ -152,18 +183,18 @@ class Independent(Coupling):
 class MinibatchOT(Coupling):
     """Exact minibatch OT: fresh noise, re-ordered by the optimal assignment to the data.
 
-    ``solver``: "scipy" (default; ``exact_assignment``: scipy's linear_sum_assignment through ``jax.pure_callback``,
-    optimal for the float64 costs; every step waits for the host) or "auction" (``auction_assignment`` on the device
-    inside the compiled step, optimal for the costs rounded to 2²⁸/(B + 1) levels, see ``integer_costs``). scipy is
-    the default because it is the faster of the two on a CPU: on the squared costs of 8 Gaussians vs N(0, I) the
-    auction (θ = 4, chunk 8) took 9.7 / 550 / 3237 ms at B = 128 / 512 / 1024 against scipy's 1.6 / 146 / 663 ms
-    (one call each, 2 shared cores, load 4.3, 2026-12-06; θ = 16 and chunk 32 were no better overall). Most of the
-    auction's time is thousands of sequential bid rounds of a few persons each (price wars between near-equal
-    noise points); it avoids the host round trip, but was not measured on a GPU (none was available). Figures and the
-    training throughput: benchmarks/README.md, ``benchmarks/ot_coupling.py``."""
+    ``solver`` (all exact: the permutation minimising the batch's squared cost):
+      "emd"      (default) POT's network simplex on the host through ``jax.pure_callback`` — torchcfm's solver, and
+                 on these costs several times faster than scipy's (benchmarks/README.md, ``ot_coupling.py``);
+      "scipy"    scipy's ``linear_sum_assignment`` (shortest augmenting path) on the host, likewise;
+      "auction"  ``auction_assignment`` on the device inside the compiled step (no host round trip, so an
+                 accelerator is never left waiting for the host), optimal for the costs rounded to 2²⁸/(B + 1)
+                 levels (``integer_costs``); on a CPU many times slower than the host solvers, whose sequential
+                 bid rounds dominate.
+    The host solvers make every step wait for the host; on a GPU/TPU prefer "auction" (not measured on one yet)."""
 
     name: ClassVar[str] = "ot"
-    solver: str = "scipy"
+    solver: str = "emd"
 
     def __post_init__(self):
         if self.solver not in ASSIGNMENT_SOLVERS:

@@ -121,7 +121,32 @@ def test_ot_coupling_solvers_agree_and_check_the_option():
     x = jax.random.normal(jax.random.key(0), (32, 2)) * 2 + 3
     key = jax.random.key(1)
     outs = [jax.jit(lambda k, x, s=s: couplings.get_coupling("ot", solver=s)(k, x, {}))(key, x)
-            for s in ("scipy", "auction")]
+            for s in ("scipy", "auction", "emd")]
     np.testing.assert_allclose(mean_cost(*outs[1]), mean_cost(*outs[0]), rtol=1e-6)
-    with pytest.raises(ValueError, match="solver='hungarian' is not one of: scipy, auction"):
+    np.testing.assert_allclose(mean_cost(*outs[2]), mean_cost(*outs[0]), rtol=1e-6)
+    assert couplings.get_coupling("ot").solver == "emd"
+    with pytest.raises(ValueError, match="solver='hungarian' is not one of: emd, scipy, auction"):
         couplings.get_coupling("ot", solver="hungarian")
+
+
+@pytest.mark.parametrize("b", [1, 2, 17, 256, 1024])
+def test_emd_matches_scipy(b):
+    """POT's network simplex gives a permutation with scipy's optimal total, on squared 2-D costs (continuous: the
+    optimum is unique, so the same permutation) and on small integer costs full of ties (the same total)."""
+    rng = np.random.default_rng(b)
+    x, z = rng.normal(size=(b, 2)) * 3, rng.normal(size=(b, 2))
+    c = np.asarray(couplings.squared_cost(jnp.asarray(x), jnp.asarray(z)), np.float64)
+    perm = np.asarray(jax.jit(couplings.emd_assignment)(jnp.asarray(c)))
+    _check_perm(perm, b)
+    np.testing.assert_allclose(c[np.arange(b), perm].sum(), _scipy_total(c), rtol=1e-12)
+    ties = rng.integers(0, 3, size=(b, b)).astype(np.float64)
+    perm = np.asarray(couplings.emd_assignment(jnp.asarray(ties)))
+    _check_perm(perm, b)
+    assert ties[np.arange(b), perm].sum() == _scipy_total(ties)
+
+
+def test_emd_under_vmap():
+    cs = jax.random.uniform(jax.random.key(3), (3, 24, 24))
+    perms = np.asarray(jax.jit(jax.vmap(couplings.emd_assignment))(cs))
+    for c, perm in zip(np.asarray(cs, np.float64), perms, strict=True):
+        np.testing.assert_allclose(c[np.arange(24), perm].sum(), _scipy_total(c), rtol=1e-6)
