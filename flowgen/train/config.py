@@ -137,6 +137,22 @@ def _number(config, key: str, low=None, high=None, integer: bool = False, low_op
 
 #: ``data.name`` of a pairs file (``flowgen.data.pairs``; ``data.kwargs.file``), for the coupling "given".
 PAIRS = "pairs"
+#: The options of ``data.kwargs`` for a pairs file: the file, and the size up to which it is held on the devices
+#: (``flowgen.train.input.pairs_input``).
+PAIRS_OPTIONS = ("file", "device_max_mb")
+
+
+def check_pairs_options(data) -> None:
+    """``data.kwargs`` of a pairs data set: only ``PAIRS_OPTIONS``, ``device_max_mb`` a number >= 0."""
+    kwargs = _kwargs(data.kwargs)
+    unknown = sorted(set(kwargs) - set(PAIRS_OPTIONS))
+    if unknown:
+        raise ValueError(f"data.kwargs.{unknown[0]}: not an option of data.name={PAIRS!r}; valid: "
+                         f"{', '.join(PAIRS_OPTIONS)}")
+    limit = kwargs.get("device_max_mb", 0)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0:
+        raise ValueError(f"data.kwargs.device_max_mb={limit!r}: must be a number >= 0 (MiB of pairs held on the "
+                         "devices; larger sets are fed from the host)")
 
 
 def dataset_names() -> tuple[list[str], list[str]]:
@@ -167,10 +183,9 @@ def dataset_num_classes(data) -> int:
         kwargs = _kwargs(data.kwargs)
         return toy.toy_mixture(data.name, **kwargs).num_components if data.name in toy.MIXTURE_DATASETS else 0
     if data.name == PAIRS:
-        from flowgen.data.pairs import load_pairs
+        from flowgen.data.pairs import pairs_num_classes
 
-        arrays = load_pairs(_kwargs(data.kwargs).get("file", ""))
-        return int(arrays["label"].max()) + 1 if "label" in arrays else 0
+        return pairs_num_classes(_kwargs(data.kwargs).get("file", ""))
     return pipeline.dataset_spec(data.name).num_classes or 0
 
 
@@ -273,6 +288,8 @@ def validate(config, pairs_pending: bool = False) -> None:
     the valid values. ``pairs_pending``: the pairs file of ``data.name = "pairs"`` is written later (by a sweep's
     teacher), so the checks that read it are skipped."""
     check_dataset_name(config.data.name)
+    if config.data.name == PAIRS:
+        check_pairs_options(config.data)
     _choice(config.model.name, tuple(networks.NETWORKS), "model.name")
     _choice(config.model.dtype, DTYPES, "model.dtype")
     from flowgen.paths.precond import PRECONDITIONINGS
