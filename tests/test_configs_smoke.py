@@ -208,6 +208,7 @@ def test_full_variant_validates_and_builds(path, variant, data_dir):
     module, config = load_config(path, variant)
     if data_kind(config) == "pairs":
         mock_pairs(module, config, data_dir)
+    config.train.init_from = ""      # a recipe's teacher workdir (the warm start itself: tests/test_pairs_input.py)
     config_lib.validate(config)
     shape = element_shape(module, config)
     num_classes = config.model.num_classes or None

@@ -21,12 +21,12 @@ from flowgen.train.run import Run
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def pairs_file(tmp_path):
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory):
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((300, 2)).astype(np.float32)
     x_data = (2.0 * noise + rng.standard_normal((300, 2)) * 0.1).astype(np.float32)
-    file = str(tmp_path / "pairs.npz")
+    file = str(tmp_path_factory.mktemp("pairs") / "pairs.npz")
     write_pairs(file, x_data, noise, label=np.arange(300) % 4, teacher="test")
     return file
 
@@ -107,18 +107,57 @@ def final_params(workdir, config):
     return step, jax.device_get((state.params, state.ema, state.opt_state))
 
 
-def test_training_on_host_fed_pairs_stopped_and_resumed_equals_training_on_device_pairs(pairs_file, tmp_path):
+@pytest.fixture(scope="module")
+def device_run(pairs_file, tmp_path_factory):
+    """8 steps on the device-resident input: (workdir, config)."""
+    config = pairs_config(pairs_file, 64)
+    workdir = tmp_path_factory.mktemp("device")
+    loop.train_and_evaluate(config, str(workdir))
+    return workdir, config
+
+
+def test_training_on_host_fed_pairs_stopped_and_resumed_equals_training_on_device_pairs(pairs_file, device_run,
+                                                                                         tmp_path):
     """Same pairs, seed and steps: the device-resident input (several steps per compiled call) uninterrupted, and the
     host-fed one (one step per call, batches through the prefetcher) stopped at step 4 and resumed to 8, end with
     bit-identical parameters, EMA and optimiser state."""
-    device = pairs_config(pairs_file, 64)
-    loop.train_and_evaluate(device, str(tmp_path / "device"))
     loop.train_and_evaluate(pairs_config(pairs_file, 0, num_steps=4), str(tmp_path / "host"))
     host = pairs_config(pairs_file, 0)
     loop.train_and_evaluate(host, str(tmp_path / "host"))
-    (step_a, a), (step_b, b) = final_params(tmp_path / "device", device), final_params(tmp_path / "host", host)
+    (step_a, a), (step_b, b) = final_params(device_run[0], device_run[1]), final_params(tmp_path / "host", host)
     assert step_a == step_b == 8
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(x, y)
     fresh = Run.from_config(host).init_state()
     assert not np.array_equal(jax.tree.leaves(fresh.params)[0], jax.tree.leaves(b[0])[0])
+
+
+def test_a_fresh_run_starts_from_another_runs_parameters(pairs_file, device_run, tmp_path):
+    """``train.init_from`` (Liu et al. fine-tune each k-RF from its teacher): step 0 starts from the other run's raw
+    parameters, and every EMA from them. The learning rate of step 0 is 0 (warm-up), so after one step the parameters
+    are still the teacher's, bit for bit. A missing workdir, an unknown parameter set or another network is refused
+    by name before anything compiles."""
+    teacher_dir, teacher_config = device_run
+    config = pairs_config(pairs_file, 64, num_steps=1)
+    config.train.init_from = str(teacher_dir)
+    loop.train_and_evaluate(config, str(tmp_path / "student"))
+    _, (params, ema, _) = final_params(tmp_path / "student", config)
+    _, (teacher, _, _) = final_params(teacher_dir, teacher_config)
+    for x, y in zip(jax.tree.leaves(teacher), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(x, y)
+    for copy in ema.values():
+        for x, y in zip(jax.tree.leaves(teacher), jax.tree.leaves(copy), strict=True):
+            np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+    for key, value, match in (("init_from", str(tmp_path / "nowhere"), "not a flowgen training workdir"),
+                              ("init_params", "ema_0.5", "train.init_params='ema_0.5' is not one of: params, ema")):
+        bad = pairs_config(pairs_file, 64, num_steps=1)
+        bad.train.init_from = str(teacher_dir)
+        bad.train[key] = value
+        with pytest.raises(ValueError, match=match):
+            loop.train_and_evaluate(bad, str(tmp_path / "refused"))
+    other = pairs_config(pairs_file, 64, num_steps=1)
+    other.model.kwargs = {"hidden": 16, "depth": 2}
+    other.train.init_from = str(teacher_dir)
+    with pytest.raises(ValueError, match="does not match this run's"):
+        loop.train_and_evaluate(other, str(tmp_path / "other"))
+    assert not (tmp_path / "other" / "metrics.jsonl").exists()

@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.sample_every = 1000      # sample grid (PNG) + quick quality metric; 0 disables
     c.train.steps_per_call = 0       # steps fused in one compiled call (0: automatic); never changes the results
+    # A fresh run may start from another run's parameters (fine-tuning, e.g. Liu et al.'s k-RF from its teacher): the
+    # training workdir init_from, its newest good checkpoint's init_params ("params", "ema" or "ema_<decay>") as the
+    # parameters and every EMA; the optimiser starts afresh. "" starts from the network's initialisation.
+    c.train.init_from = ""
+    c.train.init_params = "params"
 
     c.sample = ml_collections.ConfigDict()
     c.sample.solver = "heun"
@@ -355,6 +360,22 @@ def validate(config, pairs_pending: bool = False) -> None:
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
     _choice(config.sample.ema, valid, "sample.ema")
+    check_init_from(config)
+
+
+def check_init_from(config) -> None:
+    """``train.init_from`` is "" or a training workdir, and ``train.init_params`` one of its parameter sets."""
+    init_from = config.train.get("init_from", "")
+    if not init_from:
+        return
+    try:
+        source = saved_config(init_from)
+    except FileNotFoundError:
+        raise ValueError(f"train.init_from={init_from!r}: not a flowgen training workdir (no config.json); give a "
+                         "workdir to start from, or '' for a fresh initialisation") from None
+    decays = optim.ema_decays(source.ema)
+    _choice(config.train.get("init_params", "params"),
+            ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else []), "train.init_params")
 
 
 def check_devices(config) -> None:
@@ -376,7 +397,7 @@ def check_devices(config) -> None:
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                   "train.keep_checkpoints", "sample", "optim.lr", "optim.warmup_steps", "optim.schedule",
                   "optim.min_lr_ratio", "optim.b1", "optim.b2", "optim.eps", "optim.weight_decay",
-                  "train.steps_per_call")
+                  "train.steps_per_call", "train.init_from", "train.init_params")   # the last two: step 0 only
 
 
 def comparable(config) -> dict:
