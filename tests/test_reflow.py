@@ -189,3 +189,17 @@ def test_the_distillation_loss_ignores_the_train_state():
     b, _ = loss(jnp.asarray(0.5), TrainState(step=jnp.asarray(3), params={}, opt_state=(), ema={}), batch,
                 jax.random.key(0))
     assert float(a) == float(b)
+
+
+def test_an_adaptive_solvers_nfe_is_the_mean_over_its_chunks(tmp_path):
+    """An adaptive solve's NFE differs by chunk: the provenance records the mean per pair (measured, not declared)."""
+    from flowgen import sources
+
+    counts = iter([62, 68, 70])
+    teacher = reflow.Teacher(lambda x0, *a: (x0, {"nfe": jnp.int32(next(counts))}), sources.GAUSSIAN, (2,), None,
+                             {"teacher": "counting"})
+    info = reflow.generate_pairs(teacher, str(tmp_path / "p.npz"), num_pairs=40, chunk=16, solver="dopri5")
+    assert info["nfe"] == "66.67"
+    info = reflow.generate_pairs(dataclasses.replace(teacher, sample=lambda x0, *a: (x0, {"nfe": jnp.int32(3)})),
+                                 str(tmp_path / "q.npz"), num_pairs=20, chunk=16, solver="dopri5", seed=1)
+    assert info["nfe"] == "3"
