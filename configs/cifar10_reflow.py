@@ -19,10 +19,10 @@ The recipe, five commands (the 1-RF teacher is ``configs/cifar10_rf.py``, the au
 Each stage starts from its teacher's raw parameters, as the authors fine-tune (``train.init_from``: 2-RF from
 workdirs/cifar10_1rf, the distilled model from workdirs/cifar10_2rf; every EMA restarts from them, the optimiser and
 its warm-up afresh). ``--config.data.kwargs.file=FILE`` and ``--config.train.init_from=WORKDIR`` point a variant
-elsewhere. Pairs: 4M per stage, x₁ = Φ(x₀) of the
-teacher's EMA by ``dopri5`` at rtol = atol = 1e-5, Dormand–Prince 5(4) as scipy's RK45 with the authors' tolerance,
-from t = 0 (the authors start at 1e-3). 4M pairs take 98 GB (x_data and noise, float32): they are memory-mapped and
-fed from the host (``HostPairsInput``, any set over ``data.kwargs.device_max_mb`` = 64 MiB).
+elsewhere. Pairs: 4M per stage, x₁ = Φ(x₀) of the teacher's EMA by ``dopri5`` at rtol = atol = 1e-5 (Dormand–Prince
+5(4), the method of scipy's RK45, at the authors' tolerance), from t = 0 (the authors start at 1e-3). 4M pairs take
+98 GB (x_data and noise, float32): they are memory-mapped and fed from the host (``HostPairsInput``, as is any set
+over ``data.kwargs.device_max_mb`` = 64 MiB).
 
 Variants (settings of the authors' code, RectifiedFlow's cifar10_rf_gaussian_reflow_train and _distill_k=1 configs,
 read, not copied):
