@@ -13,10 +13,13 @@ Rectifying never increases the transport cost and makes paths straighter (Liu et
 
 Pairs are drawn in chunks of ``chunk`` on every device (the batch axis sharded, as the sweep samples): one jitted
 solve per chunk (one compilation for all), no host round trip per step. Chunk i's x₀ comes from the key
-``fold_in(key(seed), i)``, so the file is a pure function of its provenance. Each finished chunk is kept in
-``FILE.parts/``; a killed run resumes from the chunks there. The pairs file itself is written once, exclusively,
-then the parts are removed; an existing file is returned as is if its provenance matches the request and refused
-(never replaced) otherwise.
+``fold_in(key(seed), i)``, so the file is a pure function of its provenance. Each chunk is written straight into its
+rows of the final file's layout (``flowgen.data.pairs.PairsWriter``, preallocated in ``FILE.parts/pairs.tmp``) and
+marked done (``FILE.parts/chunk-XXXXX.json``, with its measured NFE); nothing is concatenated in memory and the disk
+holds the pairs once. A killed run resumes from the chunks marked done, and its file is bit-identical to an
+uninterrupted run's (up to the ``created`` time). The file is published once, exclusively (a hard link), then the
+parts are removed; an existing file is returned as is if its provenance matches the request and refused (never
+replaced) otherwise.
 """
 
 from __future__ import annotations
@@ -38,8 +41,14 @@ log = logging.getLogger("flowgen")
 _NOT_IDENTITY = ("created",)
 
 
-def _chunk_file(parts: str, index: int) -> str:
-    return os.path.join(parts, f"chunk-{index:05d}.npz")
+def _chunk_file(parts: str, index: int, ext: str = "json") -> str:
+    return os.path.join(parts, f"chunk-{index:05d}.{ext}")
+
+
+def _mean_nfe(nfes: list[int]) -> int | float:
+    """NFE per pair over the chunks' solves (an adaptive solver's differs by chunk): an int when they agree."""
+    mean = sum(nfes) / len(nfes)
+    return int(mean) if mean == int(mean) else round(mean, 2)
 
 
 def read_provenance(file: str) -> dict:
@@ -108,11 +117,8 @@ def generate_pairs(teacher, file: str, *, num_pairs: int, solver: str = "rk4", n
     ``fg.load_model``, whose ``params`` are used) to ``file`` (a ``.npz`` of ``flowgen.data.pairs``) with ``solver``
     at ``num_steps`` steps on ``grid``; returns the provenance written beside them. Resumable (``FILE.parts/``);
     never replaces a file (see the module docstring)."""
-    import jax
-    import jax.numpy as jnp
-
     import flowgen as fg
-    from flowgen.data.pairs import write_pairs
+    from flowgen.data.pairs import PairsWriter
     from flowgen.train import sharding as sharding_lib
 
     for name, value, low in (("num_pairs", num_pairs, 1), ("num_steps", num_steps, 1), ("chunk", chunk, 1),
@@ -133,6 +139,7 @@ def generate_pairs(teacher, file: str, *, num_pairs: int, solver: str = "rk4", n
             raise FileExistsError(f"{file} exists with other provenance ({', '.join(differ)} differ); it is never "
                                   "replaced: choose another file, or move it away")
         log.info("pairs %s already written (%s pairs); nothing to do", file, found.get("num_pairs"))
+        _remove_own_parts(f"{file}.parts", json.dumps(_identity(provenance), sort_keys=True))
         return found
     parts = f"{file}.parts"
     os.makedirs(parts, exist_ok=True)
@@ -152,46 +159,69 @@ def generate_pairs(teacher, file: str, *, num_pairs: int, solver: str = "rk4", n
     num_chunks = -(-num_pairs // chunk)
     size = chunk + (-chunk % sharding.mesh.size)
     shape = teacher.element_shape
-    nfe = None
-    for i in range(num_chunks):
-        out = _chunk_file(parts, i)
-        if os.path.exists(out):
-            continue
-        n = min(chunk, num_pairs - i * chunk)
-        # Every chunk is solved at the full (device-padded) chunk size: one compilation; the last is cut to n.
-        x0 = teacher.source.sample(jax.random.fold_in(jax.random.key(seed), i), (size, *shape), jnp.float32)
-        cond = labels = None
-        if teacher.num_classes:
-            labels = (np.arange(i * chunk, i * chunk + size) % teacher.num_classes).astype(np.int32)
-            cond = jax.device_put(jnp.asarray(labels), sharding)
-            labels = labels[:n]
-        x1, info = teacher.sample(jax.device_put(x0, sharding), cond,
-                                  jax.random.fold_in(jax.random.key(seed), 2**30 + i), solver, num_steps, grid)
-        x0 = x0[:n]
-        x1 = np.asarray(jax.device_get(x1))[:n]
-        nfe = int(info["nfe"])
-        if not np.all(np.isfinite(x1)):
-            raise FloatingPointError(f"the teacher's solve gave non-finite samples in chunk {i}; pairs not written")
-        arrays = {"x_data": x1, "noise": np.asarray(x0), "nfe": np.asarray(nfe)}
-        if labels is not None:
-            arrays["label"] = labels
-        with open(f"{out}.tmp", "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(f"{out}.tmp", out)
-        log.info("pairs: chunk %d/%d (%d pairs, NFE %d)", i + 1, num_chunks, n, nfe)
-
-    loaded = []
-    for i in range(num_chunks):
-        with np.load(_chunk_file(parts, i)) as f:
-            loaded.append({k: np.asarray(f[k]) for k in f.files})
-    nfe = int(loaded[0]["nfe"])
-    label = np.concatenate([p["label"] for p in loaded]) if "label" in loaded[0] else None
-    provenance.update(nfe=nfe, created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
-    write_pairs(file, np.concatenate([p["x_data"] for p in loaded]), np.concatenate([p["noise"] for p in loaded]),
-                label, **provenance)
+    writer = PairsWriter(os.path.join(parts, "pairs.tmp"), num_pairs, shape, bool(teacher.num_classes), resume=True)
+    try:
+        for i in range(num_chunks):
+            done = _chunk_file(parts, i)
+            if os.path.exists(done):
+                continue
+            if os.path.exists(_chunk_file(parts, i, "npz")):          # a chunk of a run before the in-place layout
+                with np.load(_chunk_file(parts, i, "npz")) as f:
+                    writer.write(i * chunk, f["x_data"], f["noise"], f["label"] if "label" in f.files else None)
+                    nfe = int(f["nfe"])
+            else:
+                nfe = _solve_chunk(teacher, writer, i, chunk, num_pairs, size, shape, sharding, seed, solver,
+                                   num_steps, grid)
+            writer.sync()                                             # the rows are on disk before the mark
+            with open(f"{done}.tmp", "w") as f:
+                json.dump({"nfe": nfe}, f)
+            os.replace(f"{done}.tmp", done)
+            log.info("pairs: chunk %d/%d (NFE %d)", i + 1, num_chunks, nfe)
+        nfes = []
+        for i in range(num_chunks):
+            with open(_chunk_file(parts, i)) as f:
+                nfes.append(int(json.load(f)["nfe"]))
+        provenance.update(nfe=_mean_nfe(nfes),
+                          created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
+        writer.finish(file, **provenance)
+    except BaseException:
+        writer.close()
+        raise
     shutil.rmtree(parts)
-    log.info("pairs: %d written to %s (%s, %d steps, NFE %d per pair)", num_pairs, file, solver, num_steps, nfe)
+    log.info("pairs: %d written to %s (%s, %d steps, NFE %s per pair)", num_pairs, file, solver, num_steps,
+             provenance["nfe"])
     return read_provenance(file)
+
+
+def _remove_own_parts(parts: str, wanted: str) -> None:
+    """The parts of a run killed after publishing its file (same provenance) are left over: remove them."""
+    stamp = os.path.join(parts, "provenance.json")
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            if f.read() == wanted:
+                shutil.rmtree(parts)
+
+
+def _solve_chunk(teacher, writer, i, chunk, num_pairs, size, shape, sharding, seed, solver, num_steps, grid) -> int:
+    """Solve chunk ``i`` (at the full, device-padded chunk size: one compilation; the last is cut to its rows) and
+    write its rows; returns the solve's measured NFE."""
+    import jax
+    import jax.numpy as jnp
+
+    n = min(chunk, num_pairs - i * chunk)
+    x0 = teacher.source.sample(jax.random.fold_in(jax.random.key(seed), i), (size, *shape), jnp.float32)
+    cond = labels = None
+    if teacher.num_classes:
+        labels = (np.arange(i * chunk, i * chunk + size) % teacher.num_classes).astype(np.int32)
+        cond = jax.device_put(jnp.asarray(labels), sharding)
+        labels = labels[:n]
+    x1, info = teacher.sample(jax.device_put(x0, sharding), cond,
+                              jax.random.fold_in(jax.random.key(seed), 2**30 + i), solver, num_steps, grid)
+    x1 = np.asarray(jax.device_get(x1))[:n]
+    if not np.all(np.isfinite(x1)):
+        raise FloatingPointError(f"the teacher's solve gave non-finite samples in chunk {i}; pairs not written")
+    writer.write(i * chunk, x1, np.asarray(x0)[:n], labels)
+    return int(info["nfe"])
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,8 @@
 """Sources of x₀ and the pairs data set: the Gaussian default draws exactly what training always drew, a toy source
 is refused where it cannot be a path's start, and a pairs file is read and never overwritten."""
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -72,3 +74,34 @@ def test_pairs_input_batches_are_a_pure_function_of_the_step(tmp_path):
     np.testing.assert_array_equal(a["x"], b["x"])
     np.testing.assert_array_equal(a["noise"], -a["x"])                       # pairs stay paired
     assert not np.array_equal(a["x"], data.device_batch(jnp.int32(5))["x"])
+
+
+def test_a_pairs_file_is_published_once_and_its_finish_can_be_redone(tmp_path):
+    """Rows land wherever they are written; a file that appears under the name meanwhile is not replaced (the new
+    one stays in its temporary file); finishing again after that (a killed finish) gives a valid file whose arrays
+    map, and bad rows are refused by name."""
+    from flowgen.data.pairs import PairsWriter, open_pairs
+
+    x = np.arange(24, dtype=np.float32).reshape(12, 2)
+    file, tmp = str(tmp_path / "p.npz"), str(tmp_path / "p.tmp")
+    writer = PairsWriter(tmp, 12, (2,))
+    writer.write(8, x[8:], -x[8:])                                             # any order
+    writer.write(0, x[:8], -x[:8])
+    with pytest.raises(ValueError, match=r"rows \[10, 14\) are outside \[0, 12\)"):
+        writer.write(10, x[:4], x[:4])
+    with pytest.raises(ValueError, match="label given: this file has no labels"):
+        writer.write(0, x[:1], x[:1], label=[0])
+    with open(file, "w") as f:
+        f.write("a user's file")
+    with pytest.raises(FileExistsError, match="never replaced"):
+        writer.finish(file, teacher="t")
+    assert open(file).read() == "a user's file" and os.path.exists(tmp)
+    os.remove(file)
+    again = PairsWriter(tmp, 12, (2,), resume=True)                            # the rows are kept
+    again.finish(file, teacher="t")
+    assert not os.path.exists(tmp)
+    np.testing.assert_array_equal(open_pairs(file)["noise"], -x)
+    assert str(load_pairs(file)["meta_teacher"]) == "t"
+    with pytest.raises(FileExistsError, match="another layout"):
+        open(tmp, "wb").close()
+        PairsWriter(tmp, 13, (2,), resume=True)

@@ -85,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.keep_checkpoints = 3
     c.train.sample_every = 1000      # sample grid (PNG) + quick quality metric; 0 disables
     c.train.steps_per_call = 0       # steps fused in one compiled call (0: automatic); never changes the results
+    # A fresh run may start from another run's parameters (fine-tuning, e.g. Liu et al.'s k-RF from its teacher): the
+    # training workdir init_from, its newest good checkpoint's init_params ("params", "ema" or "ema_<decay>") as the
+    # parameters and every EMA; the optimiser starts afresh. "" starts from the network's initialisation.
+    c.train.init_from = ""
+    c.train.init_params = "params"
 
     c.sample = ml_collections.ConfigDict()
     c.sample.solver = "heun"
@@ -137,6 +142,22 @@ def _number(config, key: str, low=None, high=None, integer: bool = False, low_op
 
 #: ``data.name`` of a pairs file (``flowgen.data.pairs``; ``data.kwargs.file``), for the coupling "given".
 PAIRS = "pairs"
+#: The options of ``data.kwargs`` for a pairs file: the file, and the size up to which it is held on the devices
+#: (``flowgen.train.input.pairs_input``).
+PAIRS_OPTIONS = ("file", "device_max_mb")
+
+
+def check_pairs_options(data) -> None:
+    """``data.kwargs`` of a pairs data set: only ``PAIRS_OPTIONS``, ``device_max_mb`` a number >= 0."""
+    kwargs = _kwargs(data.kwargs)
+    unknown = sorted(set(kwargs) - set(PAIRS_OPTIONS))
+    if unknown:
+        raise ValueError(f"data.kwargs.{unknown[0]}: not an option of data.name={PAIRS!r}; valid: "
+                         f"{', '.join(PAIRS_OPTIONS)}")
+    limit = kwargs.get("device_max_mb", 0)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit < 0:
+        raise ValueError(f"data.kwargs.device_max_mb={limit!r}: must be a number >= 0 (MiB of pairs held on the "
+                         "devices; larger sets are fed from the host)")
 
 
 def dataset_names() -> tuple[list[str], list[str]]:
@@ -167,10 +188,9 @@ def dataset_num_classes(data) -> int:
         kwargs = _kwargs(data.kwargs)
         return toy.toy_mixture(data.name, **kwargs).num_components if data.name in toy.MIXTURE_DATASETS else 0
     if data.name == PAIRS:
-        from flowgen.data.pairs import load_pairs
+        from flowgen.data.pairs import pairs_num_classes
 
-        arrays = load_pairs(_kwargs(data.kwargs).get("file", ""))
-        return int(arrays["label"].max()) + 1 if "label" in arrays else 0
+        return pairs_num_classes(_kwargs(data.kwargs).get("file", ""))
     return pipeline.dataset_spec(data.name).num_classes or 0
 
 
@@ -273,6 +293,8 @@ def validate(config, pairs_pending: bool = False) -> None:
     the valid values. ``pairs_pending``: the pairs file of ``data.name = "pairs"`` is written later (by a sweep's
     teacher), so the checks that read it are skipped."""
     check_dataset_name(config.data.name)
+    if config.data.name == PAIRS:
+        check_pairs_options(config.data)
     _choice(config.model.name, tuple(networks.NETWORKS), "model.name")
     _choice(config.model.dtype, DTYPES, "model.dtype")
     from flowgen.paths.precond import PRECONDITIONINGS
@@ -338,6 +360,22 @@ def validate(config, pairs_pending: bool = False) -> None:
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
     _choice(config.sample.ema, valid, "sample.ema")
+    check_init_from(config)
+
+
+def check_init_from(config) -> None:
+    """``train.init_from`` is "" or a training workdir, and ``train.init_params`` one of its parameter sets."""
+    init_from = config.train.get("init_from", "")
+    if not init_from:
+        return
+    try:
+        source = saved_config(init_from)
+    except FileNotFoundError:
+        raise ValueError(f"train.init_from={init_from!r}: not a flowgen training workdir (no config.json); give a "
+                         "workdir to start from, or '' for a fresh initialisation") from None
+    decays = optim.ema_decays(source.ema)
+    _choice(config.train.get("init_params", "params"),
+            ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else []), "train.init_params")
 
 
 def check_devices(config) -> None:
@@ -359,7 +397,7 @@ def check_devices(config) -> None:
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                   "train.keep_checkpoints", "sample", "optim.lr", "optim.warmup_steps", "optim.schedule",
                   "optim.min_lr_ratio", "optim.b1", "optim.b2", "optim.eps", "optim.weight_decay",
-                  "train.steps_per_call")
+                  "train.steps_per_call", "train.init_from", "train.init_params")   # the last two: step 0 only
 
 
 def comparable(config) -> dict:

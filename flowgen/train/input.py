@@ -8,9 +8,11 @@
     data.reference(n, seed)  n examples for quality metrics (from the data, not the model)
 
 Toy sets are a pure function of (seed, step), so they are drawn on the device inside the training program: no
-host work and no transfer per step, and a resumed run sees exactly the same batches. Image datasets go through
-``flowgen.data`` (TFDS ArrayRecord + grain) on the host; ``DevicePrefetcher`` puts them on the devices ahead of
-use from a background thread, so a step never waits for reading, stacking or the transfer.
+host work and no transfer per step, and a resumed run sees exactly the same batches. So are pairs files (reflow) up
+to ``PAIRS_DEVICE_MAX_MB``; larger ones are memory-mapped and fed from the host, the same rows by the same rule.
+Image datasets go through ``flowgen.data`` (TFDS ArrayRecord + grain) on the host; ``DevicePrefetcher`` puts host
+batches on the devices ahead of use from a background thread, so a step never waits for reading, stacking or the
+transfer.
 """
 
 from __future__ import annotations
@@ -60,10 +62,26 @@ class ToyInput:
         return np.asarray(toy.toy_batch(self.name, seed, 0, n, **self.kwargs))
 
 
+#: Pairs sets up to this many MiB (x_data + noise + labels) are held on the devices (``PairsInput``); larger ones are
+#: fed from the host (``HostPairsInput``). Option ``data.kwargs.device_max_mb``; 0 feeds every set from the host.
+PAIRS_DEVICE_MAX_MB = 64.0
+
+
+def pair_indices(seed: int, step, batch_size: int, num_pairs: int):
+    """The rows of global pairs batch ``step``: ``batch_size`` uniform draws with replacement in [0, num_pairs) by the
+    key ``fold_in(key(seed), step)`` (threefry: the same integers on any backend, traced or not)."""
+    return jax.random.randint(jax.random.fold_in(jax.random.key(seed), step), (batch_size,), 0, num_pairs)
+
+
+def _pairs_reference(x, n: int, seed: int) -> np.ndarray:
+    """n pairs' x_data drawn without replacement by ``seed`` (the same rows for both pairs inputs)."""
+    return np.asarray(x[np.random.default_rng(seed).permutation(len(x))[:n]], np.float32)
+
+
 class PairsInput:
-    """A pairs file (``flowgen.data.pairs``) held on the devices: batch ``step`` is B pairs drawn uniformly with
-    replacement by the key ``fold_in(key(seed), step)``, a pure function of the step like the toy sets (no host
-    work per step; exact resume). For pair sets that fit in device memory (they are compiled in as constants)."""
+    """A pairs file (``flowgen.data.pairs``) held on the devices: batch ``step`` is the rows ``pair_indices(seed,
+    step, B, N)``, a pure function of the step like the toy sets (no host work per step; exact resume). For sets up
+    to ``PAIRS_DEVICE_MAX_MB`` (they are compiled into the training program as constants)."""
 
     on_device = True
 
@@ -80,8 +98,7 @@ class PairsInput:
         self.step = 0
 
     def device_batch(self, step) -> dict:
-        key = jax.random.fold_in(jax.random.key(self.seed), step)
-        idx = jax.random.randint(key, (self.batch_size,), 0, len(self._x))
+        idx = pair_indices(self.seed, step, self.batch_size, len(self._x))
         out = {"x": jnp.asarray(self._x)[idx], "noise": jnp.asarray(self._noise)[idx]}
         if self._label is not None:
             out["label"] = jnp.asarray(self._label)[idx]
@@ -90,7 +107,72 @@ class PairsInput:
     advance, get_state, set_state = ToyInput.advance, ToyInput.get_state, ToyInput.set_state
 
     def reference(self, n: int, seed: int = 12345) -> np.ndarray:
-        return self._x[np.random.default_rng(seed).permutation(len(self._x))[:n]]
+        return _pairs_reference(self._x, n, seed)
+
+
+class HostPairsInput:
+    """A pairs file too large for the devices, memory-mapped on the host (``flowgen.data.pairs.open_pairs``): global
+    batch ``step`` is the same rows ``pair_indices(seed, step, B, N)`` as ``PairsInput``'s (computed on the host CPU),
+    and this process reads only its share, rows [i·B/P, (i+1)·B/P) for process i of P (``shard_index``,
+    ``shard_count``; default: this JAX process of all). The state is the step, so a resumed run reads exactly the
+    batches an uninterrupted one does; ``DevicePrefetcher`` reads ahead in a background thread."""
+
+    on_device = False
+
+    def __init__(self, file: str, seed: int, batch_size: int, shard_index: int | None = None,
+                 shard_count: int | None = None):
+        from flowgen.data.pairs import open_pairs
+
+        shard_index = jax.process_index() if shard_index is None else shard_index
+        shard_count = jax.process_count() if shard_count is None else shard_count
+        if not 0 <= shard_index < shard_count or batch_size % shard_count:
+            raise ValueError(f"data.batch_size={batch_size} must split evenly over {shard_count} processes "
+                             f"(shard {shard_index})")
+        arrays = open_pairs(file)
+        self.seed, self.batch_size = seed, batch_size
+        self._x, self._noise, self._label = arrays["x_data"], arrays["noise"], arrays.get("label")
+        self.element_shape = tuple(self._x.shape[1:])
+        self.num_classes = int(np.max(self._label)) + 1 if self._label is not None else 0
+        local = batch_size // shard_count
+        self._rows = slice(shard_index * local, (shard_index + 1) * local)
+        try:
+            self._device = jax.devices("cpu")[0]
+        except RuntimeError:              # no CPU backend (JAX_PLATFORMS without cpu): the default device
+            self._device = None
+        self._indices = jax.jit(lambda step: pair_indices(seed, step, batch_size, len(self._x)))
+        self.step = 0
+
+    def indices(self, step: int) -> np.ndarray:
+        """This process's rows of global batch ``step``."""
+        step = jnp.asarray(step, jnp.int32) if self._device is None else jax.device_put(np.int32(step), self._device)
+        return np.asarray(self._indices(step))[self._rows]
+
+    def next(self) -> dict:
+        idx = self.indices(self.step)
+        self.step += 1
+        out = {"x": np.asarray(self._x[idx], np.float32), "noise": np.asarray(self._noise[idx], np.float32)}
+        if self._label is not None:
+            out["label"] = np.asarray(self._label[idx], np.int32)
+        return out
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+    def reference(self, n: int, seed: int = 12345) -> np.ndarray:
+        return _pairs_reference(self._x, n, seed)
+
+
+def pairs_input(file: str, seed: int, batch_size: int, device_max_mb: float = PAIRS_DEVICE_MAX_MB):
+    """``PairsInput`` (on the devices) if the file's arrays take at most ``device_max_mb`` MiB, else
+    ``HostPairsInput`` (memory-mapped, fed from the host). Both draw the same rows for the same seed and step."""
+    from flowgen.data.pairs import pairs_nbytes
+
+    if pairs_nbytes(file) <= device_max_mb * 2**20:
+        return PairsInput(file, seed, batch_size)
+    return HostPairsInput(file, seed, batch_size)
 
 
 class DevicePrefetcher:
@@ -170,7 +252,8 @@ def make_input(data_cfg, seed: int):
     if name in toy.TOY_DATASETS:
         return ToyInput(name, seed, data_cfg.batch_size, kwargs)
     if name == "pairs":
-        return PairsInput(kwargs.get("file", ""), seed, data_cfg.batch_size)
+        return pairs_input(kwargs.get("file", ""), seed, data_cfg.batch_size,
+                           kwargs.get("device_max_mb", PAIRS_DEVICE_MAX_MB))
     from flowgen.train.image_input import ImageInput
 
     return ImageInput(data_cfg, seed)

@@ -159,12 +159,42 @@ def _start(run: Run, data, checkpointer: Checkpointer, workdir, restart: bool):
         log.info("resumed from step %d", step)
     else:
         resume.start_fresh(workdir, checkpointer, restart)
+        init_from = run.config.train.get("init_from", "")
+        start = warm_start_params(run, init_from, run.config.train.get("init_params", "params")) if init_from else None
         step, state = 0, run.init_state()
+        if start is not None:
+            state = warm_started(run, state, start)
     _write_config(workdir, run.config)
     # The checkpoint checksum's programs compile in the background (while the first step compiles), not at the
     # first save.
     compile_checksums(run.abstract_state)
     return step, state
+
+
+def warm_start_params(run: Run, workdir: str, params: str = "params"):
+    """``params`` ("params", "ema" or "ema_<decay>") of ``workdir``'s newest good checkpoint, on the host, checked
+    against this run's network before anything is compiled (ValueError naming the first array that differs)."""
+    from flowgen.trained import load_model
+
+    source = load_model(workdir, params=params)
+    ours = jax.tree_util.tree_leaves_with_path(run.abstract_state.params)
+    theirs = jax.tree_util.tree_leaves_with_path(source.params)
+    if len(ours) != len(theirs):
+        raise ValueError(f"train.init_from={workdir!r}: its network has {len(theirs)} parameter arrays, this run's "
+                         f"{len(ours)}; it must be the same network")
+    for (path, a), (other, b) in zip(ours, theirs, strict=True):
+        if path != other or a.shape != b.shape or a.dtype != b.dtype:
+            raise ValueError(f"train.init_from={workdir!r}: parameter {jax.tree_util.keystr(other)} {b.shape} "
+                             f"{b.dtype} does not match this run's {jax.tree_util.keystr(path)} {a.shape} {a.dtype}")
+    log.info("starting from %s of %s (step %d)", source.params_name, source.workdir, source.step)
+    return jax.device_get(source.params)
+
+
+def warm_started(run: Run, state, params):
+    """``state`` with its parameters and every EMA set to ``params`` (host arrays); step and optimiser unchanged."""
+    shardings = run.state_sharding        # one device copy each: the train call donates every buffer
+    return state.replace(params=jax.device_put(params, shardings.params),
+                         ema={name: jax.device_put(params, shardings.ema[name]) for name in state.ema})
 
 
 def compile_train_call(run: Run, data, steps: int):
