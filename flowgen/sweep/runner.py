@@ -207,8 +207,8 @@ def _barrier(name: str) -> None:
 
 @functools.partial(jax.jit, static_argnames=("n", "shape", "dtype", "num_classes", "sharding"))
 def _draw(key, *, n, shape, dtype, num_classes, sharding):
-    """The noise of ``key`` (the seed's), (n, *shape) from one draw, its first rows repeated to pad n to a multiple of the
-    devices; labels i % num_classes (or None); both sharded along the batch, each device computing its rows."""
+    """The noise of ``key`` (the seed's), (n, *shape) from one draw, its first rows repeated to pad n to a multiple
+    of the devices; labels i % num_classes (or None); both sharded along the batch, each device computing its rows."""
     pad = -n % sharding.mesh.size
     noise = jax.random.normal(key, (n, *shape), dtype)
     noise = jax.lax.with_sharding_constraint(jnp.concatenate([noise, noise[:pad]]), sharding)
@@ -225,8 +225,8 @@ def _inputs(cell: Cell, spec: spec_lib.SweepSpec, sharding: NamedSharding) -> di
     """The noise of the cell's seed (the same for every solver and budget) and its labels, padded and sharded over
     every device of every process (``_draw``): sample i's noise depends only on the seed, i and the sample count."""
     m = cell.model.spec
-    noise, cond = _draw(jax.random.key(cell.seed), n=spec.num_samples, shape=tuple(m.element_shape), dtype=jnp.dtype(spec.dtype),
-                        num_classes=m.num_classes or 0, sharding=sharding)
+    noise, cond = _draw(jax.random.key(cell.seed), n=spec.num_samples, shape=tuple(m.element_shape),
+                        dtype=jnp.dtype(spec.dtype), num_classes=m.num_classes or 0, sharding=sharding)
     kwargs = {"noise": noise}
     if m.num_classes:
         kwargs["cond"] = cond
