@@ -351,7 +351,7 @@ def main(argv=None) -> int:
         meta = {k: v for k, v in st.metadata.items() if k != "features"}
         print(f"{name}: {getattr(args, name.lower())}  count={st.count}  {json.dumps(meta, sort_keys=True)}")
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}  batch_size={args.batch_size}  "
-          f"resize={args.resize}")
+          f"micro_batch={inception.MICRO_BATCH}  resize={args.resize}")
     print(f"FID: {stats[0].distance(stats[1]):.6f}")
     return 0
 
