@@ -220,8 +220,8 @@ from flowgen.evals import inception, inception_weights
 from flowgen.evals.fid import inception_stats
 params = inception.load_params(inception_weights.fetch())
 images = np.random.default_rng(10).integers(0, 256, (8, 24, 24, 3), dtype=np.uint8)
-a = inception_stats(images, params, batch_size=8)
-b = inception_stats(images[::-1], params, batch_size=8)
+a = inception_stats(images, params, batch_size=8, micro_batch=1)        # 8 devices x 1 image: no padding
+b = inception_stats(images[::-1], params, batch_size=8, micro_batch=1)
 np.savez(sys.argv[1], mu=a.mu, sigma=a.sigma, mu_rev=b.mu, sigma_rev=b.sigma, fid_rev=a.distance(b),
          devices=jax.device_count())
 """
@@ -244,11 +244,9 @@ def test_inception_fid_invariant_to_device_count_and_sample_order(weights, tmp_p
         run_on_devices(PIPELINE_SCRIPT, devices, tmp_path / f"{devices}.npz")
         out[devices] = np.load(tmp_path / f"{devices}.npz")
         assert int(out[devices]["devices"]) == devices
-        assert abs(float(out[devices]["fid_rev"])) < 1e-4
-    np.testing.assert_allclose(out[1]["mu"], out[8]["mu"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(out[1]["sigma"], out[8]["sigma"], atol=1e-5)
-    one, eight = (FIDStats(out[d]["mu"], out[d]["sigma"], 8) for d in (1, 8))
-    assert abs(one.distance(eight)) < 1e-4
+        assert abs(float(out[devices]["fid_rev"])) < 1e-4          # another order: the same up to round-off
+    np.testing.assert_array_equal(out[1]["mu"], out[8]["mu"])                # another device count: the same bits
+    np.testing.assert_array_equal(out[1]["sigma"], out[8]["sigma"])
 
 
 @pytest.mark.slow

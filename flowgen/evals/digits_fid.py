@@ -19,6 +19,10 @@ non-finite value scores NaN.
 Like every FID, the estimate is biased upwards by a term that shrinks as 1/N: compare sets of equal size, and
 report ``floor()`` — the digits-FID of the 297 held-out **test** digits against the train statistics — as the
 value real data of that size reaches. ``pixel_fid`` is the same distance on the raw 64 pixels.
+
+The classifier runs over all devices of all processes (``flowgen.evals.sharded``: fixed micro-batches, outputs
+gathered), so every process gets every image's features and the same statistics, bit for bit those of one process on
+one device (``tests/test_evals_layout.py``). In a multi-process job every process must make the same calls.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from flowgen.evals import sharded
 from flowgen.evals.fid import frechet_distance
 
 WEIGHTS_FILE = "digits_classifier.npz"
 METADATA_FILE = "digits_classifier.json"
 FEATURE_DIM = 64
-_BATCH = 1024  # images per jitted call: memory is bounded by the batch, not by the sample count
+_BATCH = 1024  # images per step over all devices: memory is bounded by the batch, not by the sample count
+MICRO_BATCH = 128  # images per classifier call on each device (fixed: the outputs do not depend on the layout)
 
 
 class DigitsClassifier(nn.Module):
@@ -142,24 +148,16 @@ def load_classifier() -> dict:
     return {"params": unflatten(flat)}
 
 
-@jax.jit
 def _apply(variables, images):
+    """(logits, features) of one micro-batch (m, 8, 8, 1): ``flowgen.evals.sharded``'s per-device function."""
     return DigitsClassifier().apply(variables, images)
 
 
 def _batched(variables, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Run the classifier over fixed-size batches (one compilation for any N; the last batch is padded)."""
-    n, batch = images.shape[0], _BATCH
-    logits, feats = [], []
-    for start in range(0, n, batch):
-        chunk = images[start:start + batch]
-        pad = batch - chunk.shape[0]
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, 8, 8, 1), np.float32)])
-        lg, ft = _apply(variables, jnp.asarray(chunk, jnp.float32))
-        logits.append(np.asarray(lg)[: batch - pad])
-        feats.append(np.asarray(ft)[: batch - pad])
-    return np.concatenate(logits), np.concatenate(feats)
+    """(logits (N, 10), features (N, 64)) over all devices of all processes (``flowgen.evals.sharded``): batches of
+    ``_BATCH`` images, the classifier always run on ``MICRO_BATCH`` of them per device, so an image's outputs do not
+    depend on the device count, the process count or its batch; every process gets all N rows."""
+    return sharded.features(_apply, variables, images, batch_size=_BATCH, micro_batch=MICRO_BATCH)
 
 
 def features(params: dict, images) -> np.ndarray:

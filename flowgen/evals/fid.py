@@ -20,7 +20,6 @@ import os
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 #: Dimension of the Inception pool features; fewer images than this give a singular covariance.
@@ -71,81 +70,104 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 
 
-@jax.jit
-def _batch_moments(features: jax.Array):
-    """(batch mean, Σᵢ (xᵢ − x̄)(xᵢ − x̄)ᵀ) of an (N, D) batch, on the devices that hold it.
+#: Rows per block of :class:`StreamingStats`: (BLOCK, D) float64 is 16 MB at D = 2048.
+BLOCK = 1024
 
-    Centring at the batch's own mean before the Gram product removes the cancellation of E[xxᵀ] − x̄x̄ᵀ; with a
-    batch sharded over a mesh, XLA reduces the Gram product across devices. Float32 unless x64 is enabled.
-    """
-    x = features.astype(jnp.promote_types(features.dtype, jnp.float32))
-    mean = jnp.mean(x, axis=0)
+
+def _block_moments(x: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """(n, mean (D,), Σᵢ (xᵢ − x̄)(xᵢ − x̄)ᵀ (D, D)) of an (n, D) float64 block; centring first avoids the
+    cancellation of E[xxᵀ] − x̄x̄ᵀ."""
+    mean = x.mean(axis=0)
     centred = x - mean
-    return mean, jnp.matmul(centred.T, centred, precision=jax.lax.Precision.HIGHEST)
+    return len(x), mean, centred.T @ centred
+
+
+def _combine(a: tuple, b: tuple) -> tuple:
+    """Chan et al.'s exact merge of two (n, mean, scatter) moments."""
+    (na, ma, sa), (nb, mb, sb) = a, b
+    if na == 0:
+        return b
+    if nb == 0:
+        return a
+    n = na + nb
+    delta = mb - ma
+    return n, ma + delta * (nb / n), sa + sb + np.outer(delta, delta) * (na * nb / n)
 
 
 class StreamingStats:
-    """Mean and covariance of (N, D) feature batches, accumulated in float64; memory O(D²), not O(N).
+    """Mean and covariance of (N, D) feature rows, accumulated in float64; memory O(block·D + D²), not O(N).
 
-    Each batch's mean and centred scatter matrix Mᵦ are computed where the batch lives (a jax.Array sharded over a
-    mesh stays sharded; numpy batches are reduced in float64 on the host) and merged exactly (Chan, Golub & LeVeque
-    1979): n = nₐ + nᵦ, δ = x̄ᵦ − x̄ₐ, x̄ = x̄ₐ + δ·nᵦ/n, M = Mₐ + Mᵦ + δδᵀ·nₐnᵦ/n. The covariance is M/(n − 1),
-    as ``np.cov`` (pytorch-fid, TTUR) computes it. Merging is associative, so the result does not depend on the
-    batch size, the order of samples or the number of devices beyond round-off.
+    Rows are taken in blocks of exactly ``block`` consecutive rows, however ``update`` was called (the last block
+    partial); each block's mean x̄ᵦ and centred scatter Mᵦ are computed on the host in float64 and merged in order
+    (Chan, Golub & LeVeque 1979): n = nₐ + nᵦ, δ = x̄ᵦ − x̄ₐ, x̄ = x̄ₐ + δ·nᵦ/n, M = Mₐ + Mᵦ + δδᵀ·nₐnᵦ/n. The
+    covariance is M/(n − 1), as ``np.cov`` (pytorch-fid, TTUR) computes it. So the statistics are a function of the
+    rows and their order only, bit for bit: not of the batch sizes, the device count or the number of processes.
+    A jax.Array batch (sharded over any devices, other processes' included) is gathered first; in a multi-process
+    job every process passes the same rows and gets the same statistics.
     """
 
-    def __init__(self):
-        self.count = 0
-        self._mean: np.ndarray | None = None
-        self._scatter: np.ndarray | None = None
+    def __init__(self, block: int = BLOCK):
+        if isinstance(block, bool) or not isinstance(block, int) or block < 2:
+            raise ValueError(f"block={block!r}; choose an integer >= 2")
+        self.block = block
+        self._merged: tuple = (0, None, None)      # (n, mean, scatter) of the full blocks so far
+        self._pending: list[np.ndarray] = []       # fewer than ``block`` rows not yet merged
+        self._dim: int | None = None
+
+    @property
+    def count(self) -> int:
+        return self._merged[0] + sum(len(p) for p in self._pending)
 
     def update(self, features) -> StreamingStats:
         """Add an (N, D) batch (numpy, or a possibly sharded jax.Array); returns self."""
         if features.ndim != 2:
             raise ValueError(f"features must be (N, D); got shape {tuple(features.shape)}")
-        if self._mean is not None and features.shape[1] != self._mean.shape[0]:
-            raise ValueError(f"feature dimension {features.shape[1]} differs from earlier batches' "
-                             f"{self._mean.shape[0]}")
-        n = int(features.shape[0])
-        if n == 0:
+        if self._dim is not None and features.shape[1] != self._dim:
+            raise ValueError(f"feature dimension {features.shape[1]} differs from earlier batches' {self._dim}")
+        if features.shape[0] == 0:
             return self
-        if isinstance(features, jax.Array):
-            mean, scatter = jax.device_get(_batch_moments(features))
-        else:
-            x = np.asarray(features, np.float64)
-            mean = x.mean(axis=0)
-            centred = x - mean
-            scatter = centred.T @ centred
-        return self._merge(n, np.asarray(mean, np.float64), np.asarray(scatter, np.float64))
+        from flowgen.evals import sharded
+
+        x = np.asarray(sharded.to_host(features) if isinstance(features, jax.Array) else features, np.float64)
+        self._dim = x.shape[1]
+        self._pending.append(x)
+        pending = sum(len(p) for p in self._pending)
+        if pending >= self.block:
+            rows = np.concatenate(self._pending)
+            full = pending - pending % self.block
+            for start in range(0, full, self.block):
+                self._merged = _combine(self._merged, _block_moments(rows[start:start + self.block]))
+            self._pending = [rows[full:]] if full < pending else []
+        return self
 
     def merge(self, other: StreamingStats) -> StreamingStats:
-        """Add another accumulator's samples (e.g. from another shard of the data set); returns self."""
+        """Add another accumulator's samples (e.g. from another shard of the data set); returns self. Exact up to
+        float64 round-off, but the blocks are no longer those of the concatenated rows."""
         if other.count:
-            self._merge(other.count, other._mean, other._scatter)
+            if self._dim is not None and other._dim != self._dim:
+                raise ValueError(f"feature dimension {other._dim} differs from this accumulator's {self._dim}")
+            self._merged, self._pending, self._dim = _combine(self._moments(), other._moments()), [], other._dim
         return self
 
-    def _merge(self, n: int, mean: np.ndarray, scatter: np.ndarray) -> StreamingStats:
-        if self._mean is None:
-            self.count, self._mean, self._scatter = n, mean.copy(), scatter.copy()
-            return self
-        total = self.count + n
-        delta = mean - self._mean
-        self._mean = self._mean + delta * (n / total)
-        self._scatter = self._scatter + scatter + np.outer(delta, delta) * (self.count * n / total)
-        self.count = total
-        return self
+    def _moments(self) -> tuple:
+        """(count, mean, scatter) of every row so far, the pending partial block included."""
+        if not self._pending:
+            return self._merged
+        return _combine(self._merged, _block_moments(np.concatenate(self._pending)))
 
     @property
     def mean(self) -> np.ndarray:
-        if self._mean is None:
+        count, mean, _ = self._moments()
+        if not count:
             raise ValueError("no samples yet: call update() first")
-        return self._mean.copy()
+        return mean.copy()
 
     @property
     def covariance(self) -> np.ndarray:
-        if self.count < 2:
-            raise ValueError(f"a covariance needs at least 2 samples; have {self.count}")
-        cov = self._scatter / (self.count - 1)
+        count, _, scatter = self._moments()
+        if count < 2:
+            raise ValueError(f"a covariance needs at least 2 samples; have {count}")
+        cov = scatter / (count - 1)
         return (cov + cov.T) / 2
 
     def finalize(self, **metadata) -> FIDStats:
@@ -220,15 +242,22 @@ def fid_result(samples: FIDStats, reference: FIDStats) -> dict:
 
 
 def inception_stats(images, params, resize: str = "tf_legacy", batch_size: int = 64, mesh=None,
-                    **metadata) -> FIDStats:
-    """FID Inception statistics of uint8 (N, H, W, 3) images, features and moments computed on all devices.
+                    micro_batch: int | None = None, **metadata) -> FIDStats:
+    """FID Inception statistics of uint8 (N, H, W, 3) images, the same on every process.
 
-    ``metadata`` (e.g. dataset, split, sampler, nfe, seed, weights_sha256) is recorded beside count and resize.
+    The features are computed over all devices of all processes, each device running the network on fixed blocks
+    of ``micro_batch`` images (default ``inception.MICRO_BATCH``), and gathered; :class:`StreamingStats` reduces them
+    on the host in fixed blocks. So the statistics depend only on the images (and ``micro_batch``): not on the
+    device or process count, ``batch_size`` or the padding of a last partial batch (``tests/test_evals_layout.py``).
+    In a multi-process job every process passes the same images. ``metadata`` (e.g. dataset, split, sampler, nfe,
+    seed, weights_sha256) is recorded beside count and resize.
     """
     from flowgen.evals import inception
 
+    micro_batch = inception.MICRO_BATCH if micro_batch is None else micro_batch
     stats = StreamingStats()
-    for batch in inception.feature_batches(params, images, resize=resize, batch_size=batch_size, mesh=mesh):
+    for batch in inception.feature_batches(params, images, resize=resize, batch_size=batch_size, mesh=mesh,
+                                           micro_batch=micro_batch):
         stats.update(batch)
     return stats.finalize(resize=resize, features="fid_inception_2015_12_05_pool3", **metadata)
 
@@ -322,7 +351,7 @@ def main(argv=None) -> int:
         meta = {k: v for k, v in st.metadata.items() if k != "features"}
         print(f"{name}: {getattr(args, name.lower())}  count={st.count}  {json.dumps(meta, sort_keys=True)}")
     print(f"devices: {jax.device_count()} x {jax.devices()[0].platform}  batch_size={args.batch_size}  "
-          f"resize={args.resize}")
+          f"micro_batch={inception.MICRO_BATCH}  resize={args.resize}")
     print(f"FID: {stats[0].distance(stats[1]):.6f}")
     return 0
 

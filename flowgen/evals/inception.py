@@ -36,10 +36,9 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from flowgen.evals import inception_weights
+from flowgen.evals import inception_weights, sharded
 
 FEATURE_DIM = 2048
 SIZE = 299
@@ -266,9 +265,15 @@ def network(params, x: jax.Array) -> jax.Array:
     return jnp.mean(x, axis=(1, 2))
 
 
-@functools.partial(jax.jit, static_argnames="mode")
-def _features_jit(params, images, mode):
-    return network(params, preprocess(images, mode))
+@functools.cache
+def _network_fn(mode: str):
+    """``fn(params, uint8 block) -> features``, one object per resize mode (so its compilations are reused)."""
+    return lambda params, images: network(params, preprocess(images, mode))
+
+
+#: Images per network call on each device: the network always sees (MICRO_BATCH, H, W, C), whatever the device
+#: count and batch size, so an image's features do not depend on them (``flowgen.evals.sharded``).
+MICRO_BATCH = 8
 
 
 def _check_images(images) -> None:
@@ -279,46 +284,36 @@ def _check_images(images) -> None:
                          f"{images.dtype}")
 
 
-def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh, axis ``"data"``, over all (or the given) devices."""
-    devices = np.asarray(jax.devices() if devices is None else devices)
-    return Mesh(devices, ("data",))
+data_mesh = sharded.data_mesh
 
 
-def feature_batches(params, images, resize: str = "tf_legacy", batch_size: int = 64, mesh: Mesh | None = None):
-    """Yield (n, 2048) float32 feature batches as jax.Arrays sharded over ``mesh`` (all devices by default).
+def feature_batches(params, images, resize: str = "tf_legacy", batch_size: int = 64, mesh: Mesh | None = None,
+                    micro_batch: int = MICRO_BATCH):
+    """Yield (n, 2048) float32 numpy feature batches of consecutive images, the same on every process.
 
-    Batches are padded to a fixed size (a multiple of the device count) so one compiled program serves them all;
-    the padding rows are dropped from what is yielded. Memory is bounded by ``batch_size``, not by N.
+    ``images``: uint8 (N, H, W, C), the same on every process. Each step puts ``batch_size`` images (rounded up to a
+    multiple of ``micro_batch`` × devices) over all devices of all processes; each device runs the network on fixed
+    blocks of ``micro_batch`` images and the features are gathered, the last batch's zero padding dropped
+    (``flowgen.evals.sharded``): an image's features depend on nothing but the image (and ``micro_batch``).
     """
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize={resize!r}; choose one of {RESIZE_MODES}")
     _check_images(images)
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1")
-    mesh = data_mesh() if mesh is None else mesh
-    n_dev = mesh.devices.size
-    batch_size = min(batch_size, len(images))               # a small set is not padded to a large batch
-    batch_size = -(-max(batch_size, 1) // n_dev) * n_dev
-    data = NamedSharding(mesh, P("data"))
-    params = jax.device_put(params, NamedSharding(mesh, P()))
-    for start in range(0, len(images), batch_size):
-        chunk = np.asarray(images[start:start + batch_size])
-        n = len(chunk)
-        if n < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - n, *chunk.shape[1:]), np.uint8)])
-        out = _features_jit(params, jax.device_put(chunk, data), resize)
-        yield out if n == batch_size else out[:n]
+    sharded.global_batch(len(images), batch_size, micro_batch, data_mesh() if mesh is None else mesh)   # checks
+    yield from sharded.batches(_network_fn(resize), params, images, batch_size=batch_size, micro_batch=micro_batch,
+                               mesh=mesh)
 
 
-def features(params, images, resize: str = "tf_legacy", batch_size: int = 64, mesh: Mesh | None = None) -> np.ndarray:
-    """uint8 (N, H, W, 3) images of any size → (N, 2048) float32 FID Inception features (numpy).
+def features(params, images, resize: str = "tf_legacy", batch_size: int = 64, mesh: Mesh | None = None,
+             micro_batch: int = MICRO_BATCH) -> np.ndarray:
+    """uint8 (N, H, W, 3) images of any size → (N, 2048) float32 FID Inception features (numpy, on every process).
 
     Resizes to 299×299 and scales as ``resize`` says (``"tf_legacy"`` or ``"pytorch_fid"``, module docstring),
-    jit-compiled, data-parallel over ``mesh``, ``batch_size`` images at a time.
+    jit-compiled, data-parallel over all devices of all processes, ``batch_size`` images at a time
+    (:func:`feature_batches`).
     """
     _check_images(images)
-    out = [np.asarray(jax.device_get(f)) for f in feature_batches(params, images, resize, batch_size, mesh)]
+    out = list(feature_batches(params, images, resize, batch_size, mesh, micro_batch))
     return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), np.float32)
 
 

@@ -253,27 +253,32 @@ def sample_grid(path: str, preview: list, title: str, data: np.ndarray | None = 
     fig.savefig(path, dpi=110)
 
 
-def write(workdir: str, spec, rows: list[dict], metrics: dict, failures=()) -> dict:
+def write(workdir: str, spec, rows: list[dict], metrics: dict, failures=(), write_files: bool = True) -> dict:
+    """The table of ``rows`` and, if ``write_files`` (process 0 of a multi-process job), its files in ``workdir``:
+    results.csv, results.md, one plot per metric, one sample grid per model."""
     knobs = {m.name: dict(m.knobs) for m in spec.models if getattr(m, "knobs", ())}
     table = aggregate(rows, spec.metrics, knobs)
     devices = max((r.get("devices", 1) for r in rows), default=1)
     md = markdown(spec, table, metrics, devices, failures)
     files = {"csv": os.path.join(workdir, "results.csv"), "md": os.path.join(workdir, "results.md")}
-    write_csv(files["csv"], table, spec, metrics)
-    with open(files["md"], "w") as f:
-        f.write(md)
+    if write_files:
+        write_csv(files["csv"], table, spec, metrics)
+        with open(files["md"], "w") as f:
+            f.write(md)
     for name in spec.metrics if table else ():
         files[f"plot_{name}"] = os.path.join(workdir, f"nfe_vs_{name}.png")
-        plot(files[f"plot_{name}"], name, table, metrics, spec.plot_layout)
+        if write_files:
+            plot(files[f"plot_{name}"], name, table, metrics, spec.plot_layout)
     for model in dict.fromkeys(r["model"] for r in rows):
         done = [r for r in rows if r["model"] == model and r["status"] == "done"]
         if done:
             pick = max((r for r in done if r["series"] == done[0]["series"] and r["seed"] == done[0]["seed"]),
                        key=lambda r: r["nfe"])
             files[f"samples_{model}"] = os.path.join(workdir, f"samples_{model}.png")
-            sample_grid(files[f"samples_{model}"], pick["preview"],
-                        f"{model}: {pick['series']}, NFE {pick['nfe']}, seed {pick['seed']}",
-                        data_points(pick["data"]) if np.asarray(pick["preview"]).ndim == 2 else None)
+            if write_files:
+                sample_grid(files[f"samples_{model}"], pick["preview"],
+                            f"{model}: {pick['series']}, NFE {pick['nfe']}, seed {pick['seed']}",
+                            data_points(pick["data"]) if np.asarray(pick["preview"]).ndim == 2 else None)
     orders = {name: fitted_orders(table, name, ORDER_FLOOR[spec.dtype]) for name in spec.metrics
               if any(m.fit_order for (n, _), m in metrics.items() if n == name)}
     return {"rows": rows, "table": table, "markdown": md, "files": files, "orders": orders}

@@ -6,8 +6,15 @@
 2. Models given as training configs are trained (resumably) in ``WORKDIR/models/NAME``; all are loaded.
 3. Each missing cell is sampled and scored and written once (``flowgen.sweep.store``); existing cells are read.
    The noise of a seed is the same for every solver, budget and model of the same shape (common random numbers).
-   Samples are sharded over every device along the batch (padded to a multiple of the device count).
+   Samples are sharded over every device of every process along the batch (padded to a multiple of the device
+   count), then gathered, so every process scores the same samples; process 0 writes the files.
 4. ``results.csv``, ``results.md``, ``nfe_vs_<metric>.png`` and ``samples_<model>.png`` are written from the cells.
+
+Multi-process (``--distributed`` or ``--coordinator``, every process running the same command): sample i's noise is
+row i of one draw from the seed, generated where it is used and never depending on the process or device count; the
+cells to run are process 0's choice, broadcast; metrics of the gathered samples (digits-FID's features are again
+sharded over all devices, ``flowgen.evals.sharded``) give every process the same values, equal to one process's
+(``tests/test_evals_layout.py``).
 
 Seconds: ``compile_seconds`` is the time JAX reports for tracing, lowering and compiling during the cell's sampler
 call (``jax.monitoring`` events), ``sampling_seconds`` the rest of its wall time.
@@ -27,6 +34,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 import flowgen as fg
+from flowgen.evals.sharded import to_host
 from flowgen.io import is_remote
 from flowgen.sweep import budget, report, store
 from flowgen.sweep import spec as spec_lib
@@ -175,19 +183,53 @@ def batch_sharding() -> NamedSharding:
     return sharding_lib.batch_sharding(sharding_lib.make_mesh(1))
 
 
+def _writer() -> bool:
+    """Whether this process writes the sweep's files: process 0 of a multi-process job, or the only one."""
+    return jax.process_index() == 0
+
+
+def _agree(flags: list[bool]) -> list[bool]:
+    """Process 0's ``flags`` on every process (a collective: every process calls it with a list of one length)."""
+    if jax.process_count() == 1:
+        return flags
+    from jax.experimental import multihost_utils
+
+    return [bool(v) for v in multihost_utils.broadcast_one_to_all(np.asarray(flags, bool))]
+
+
+def _barrier(name: str) -> None:
+    """Wait for every process (files written by process 0 before it are there for the others after it)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+@functools.partial(jax.jit, static_argnames=("n", "shape", "dtype", "num_classes", "sharding"))
+def _draw(key, *, n, shape, dtype, num_classes, sharding):
+    """The noise of ``key`` (the seed's), (n, *shape) from one draw, its first rows repeated to pad n to a multiple
+    of the devices; labels i % num_classes (or None); both sharded along the batch, each device computing its rows."""
+    pad = -n % sharding.mesh.size
+    noise = jax.random.normal(key, (n, *shape), dtype)
+    noise = jax.lax.with_sharding_constraint(jnp.concatenate([noise, noise[:pad]]), sharding)
+    if not num_classes:
+        return noise, None
+    return noise, jax.lax.with_sharding_constraint(jnp.arange(n + pad, dtype=jnp.int32) % num_classes, sharding)
+
+
 #: dopri5's rtol = atol for the ``ode_error`` metric's reference solve, by the sweep's dtype.
 REFERENCE_TOL = {"float64": 1e-10, "float32": 1e-6}
 
 
 def _inputs(cell: Cell, spec: spec_lib.SweepSpec, sharding: NamedSharding) -> dict:
-    """The noise of the cell's seed (the same for every solver and budget) and its labels, padded and sharded."""
+    """The noise of the cell's seed (the same for every solver and budget) and its labels, padded and sharded over
+    every device of every process (``_draw``): sample i's noise depends only on the seed, i and the sample count."""
     m = cell.model.spec
-    n = spec.num_samples
-    pad = -n % sharding.mesh.size
-    noise = jax.random.normal(jax.random.key(cell.seed), (n, *m.element_shape), jnp.dtype(spec.dtype))
-    kwargs = {"noise": jax.device_put(jnp.concatenate([noise, noise[:pad]]), sharding)}
+    noise, cond = _draw(jax.random.key(cell.seed), n=spec.num_samples, shape=tuple(m.element_shape),
+                        dtype=jnp.dtype(spec.dtype), num_classes=m.num_classes or 0, sharding=sharding)
+    kwargs = {"noise": noise}
     if m.num_classes:
-        kwargs["cond"] = jax.device_put(jnp.arange(n + pad, dtype=jnp.int32) % m.num_classes, sharding)
+        kwargs["cond"] = cond
         if cell.guidance is not None:
             kwargs.update(guidance=float(cell.guidance), null_cond=m.num_classes)
     return kwargs
@@ -216,7 +258,7 @@ class CellContext:
             x, _ = fg.sample(c.model.fn, m.sample_path, target=m.sample_target, solver="dopri5",
                              solver_options={"rtol": tol, "atol": tol}, grid=np.array([self.t_start, self.t_end]),
                              params=c.model.params, **_inputs(c, self.spec, self.sharding))
-            self._cache[key] = np.asarray(x)[:self.spec.num_samples]
+            self._cache[key] = to_host(x)[:self.spec.num_samples]
         return self._cache[key]
 
     def trajectory(self, num_steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -233,7 +275,7 @@ class CellContext:
             xs, vs = _rk4_trajectory(x0, inputs.get("cond"), c.model.params, jnp.asarray(times, x0.dtype),
                                      fn=c.model.fn, path=m.sample_path, target=m.sample_target)
             n = self.spec.num_samples
-            self._cache[key] = (times, np.asarray(xs)[:, :n], np.asarray(vs)[:, :n])
+            self._cache[key] = (times, to_host(xs)[:, :n], to_host(vs)[:, :n])
         return self._cache[key]
 
 
@@ -263,7 +305,8 @@ def _rk4_trajectory(x0, cond, params, times, *, fn, path, target):
 
 
 def generate(cell: Cell, spec: spec_lib.SweepSpec, num_steps: int, sharding: NamedSharding):
-    """Samples (num_samples, *shape) as numpy, the sampler's info, compile and sampling seconds."""
+    """Samples (num_samples, *shape) as numpy (gathered: the same on every process), the sampler's info, compile
+    and sampling seconds."""
     m = cell.model.spec
     n = spec.num_samples
     compiled_before = _compile_seconds[0]
@@ -276,10 +319,10 @@ def generate(cell: Cell, spec: spec_lib.SweepSpec, num_steps: int, sharding: Nam
         x, info = fg.sample(cell.model.fn, m.sample_path, target=m.sample_target, solver=cell.solver.build(),
                             grid=spec.grid, num_steps=num_steps, t_start=m.t_start, t_end=m.t_end, key=key,
                             params=cell.model.params, **_inputs(cell, spec, sharding))
-    x = np.asarray(jax.block_until_ready(x))[:n]
+    x = to_host(jax.block_until_ready(x))[:n]
     wall = time.perf_counter() - start
     compile_seconds = _compile_seconds[0] - compiled_before
-    return x, jax.device_get(info), compile_seconds, max(wall - compile_seconds, 0.0)
+    return x, jax.tree.map(to_host, info), compile_seconds, max(wall - compile_seconds, 0.0)
 
 
 def _stochastic(cell: Cell) -> bool:
@@ -332,21 +375,23 @@ def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: Name
 def add_metrics(record: dict, cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, cells_dir: str,
                 sharding: NamedSharding, cache: dict) -> dict:
     """Fill in metrics the record lacks (added to the config after the cell ran) from its saved samples; each is
-    written once as a side file, so the cell's own file is never rewritten."""
+    written once as a side file (by process 0), so the cell's own file is never rewritten. Every process of a
+    multi-process job calls it for the same records (scoring may be a collective)."""
     for name in spec.metrics:
         if record["status"] != "done" or name in record["metrics"]:
             continue
         side = f"{record['id']}.metric-{name}"
         found = store.read(cells_dir, side)
-        if found is None:
+        if not _agree([found is not None])[0]:
             samples = store.read_samples(cells_dir, record["id"])
             if samples is None:
                 raise FileNotFoundError(f"cell {record['id']} has no saved samples to score with {name!r}")
             context = CellContext(cell, spec, sharding, record["t_start"], record["t_end"], _stochastic(cell),
                                   cache)
-            store.write_once(cells_dir, side, {"metric": name,
-                                               "value": score(metrics[(name, record["data"])], samples, context)})
-            found = store.read(cells_dir, side)
+            found = {"metric": name, "value": score(metrics[(name, record["data"])], samples, context)}
+            if _writer():
+                store.write_once(cells_dir, side, found)
+                found = store.read(cells_dir, side)
         record["metrics"][name] = found["value"]
     return record
 
@@ -379,10 +424,12 @@ def evaluate(config, workdir: str, progress: bool = True, only: str | None = Non
     models = {m.name: prepare(m, workdir) for m in spec.models}
     cells_dir = os.path.join(workdir, "cells")
     os.makedirs(cells_dir, exist_ok=True)
-    store.remove_stray_temporaries(cells_dir)
+    if _writer():
+        store.remove_stray_temporaries(cells_dir)
     metrics = _metrics(spec)
     cells = plan(spec, models)
-    todo = [c for c in cells if store.read(cells_dir, c.id) is None]
+    missing = _agree([store.read(cells_dir, c.id) is None for c in cells])      # process 0's view, on every process
+    todo = [c for c, miss in zip(cells, missing, strict=True) if miss]
     sharding = batch_sharding()
     cache: dict = {}
     log.info("%d cells, %d to run, on %d device(s)", len(cells), len(todo), sharding.mesh.size)
@@ -391,10 +438,12 @@ def evaluate(config, workdir: str, progress: bool = True, only: str | None = Non
             what = f"{cell.model.spec.name} {cell.solver.label} nfe<={cell.nfe_budget} seed {cell.seed}"
             bar.start(what)
             record, samples = run_cell(cell, spec, metrics, sharding, cache)
-            if samples is not None:
-                store.write_samples_once(cells_dir, cell.id, samples)
-            store.write_once(cells_dir, cell.id, record)
+            if _writer():
+                if samples is not None:
+                    store.write_samples_once(cells_dir, cell.id, samples)
+                store.write_once(cells_dir, cell.id, record)
             bar.done(what, record)
+    _barrier("flowgen_sweep_cells_written")
 
 
 def _run_in_waves(launcher, spec: spec_lib.SweepSpec, todo: list[str], workdir: str) -> list:
@@ -471,14 +520,20 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     _listen_to_compiles()
     cells_dir = os.path.join(workdir, "cells")
     with lock.held(workdir):
-        launch.save_config(spec_lib.resolve(config), workdir)
-        os.makedirs(cells_dir, exist_ok=True)
-        store.remove_stray_temporaries(cells_dir)
-        untrained = [m.name for m in spec.models if m.kind == "train" and not _trained(m, workdir)]
+        if _writer():
+            launch.save_config(spec_lib.resolve(config), workdir)
+            os.makedirs(cells_dir, exist_ok=True)
+            store.remove_stray_temporaries(cells_dir)
+        _barrier("flowgen_sweep_config_saved")
+        trainable = [m for m in spec.models if m.kind == "train"]
+        untrained = [m.name for m, todo in zip(trainable, _agree([not _trained(m, workdir) for m in trainable]),
+                                               strict=True) if todo]
         models = {m.name: prepare(m, workdir) for m in spec.models if m.name not in untrained}
         cells = plan(dataclasses.replace(spec, models=tuple(m for m in spec.models if m.name in models)), models)
+        missing = dict(zip((c.id for c in cells), _agree([store.read(cells_dir, c.id) is None for c in cells]),
+                           strict=True))                                  # process 0's view, on every process
         todo = untrained + [n for n in dict.fromkeys(c.model.spec.name for c in cells)
-                            if any(store.read(cells_dir, c.id) is None for c in cells if c.model.spec.name == n)]
+                            if any(missing[c.id] for c in cells if c.model.spec.name == n)]
         todo = [m.name for m in spec.models if m.name in todo]                       # the config's order
         log.info("%d model(s), %d to train and/or evaluate with the %s launcher", len(spec.models), len(todo),
                  launcher.name)
@@ -499,6 +554,6 @@ def run(config, workdir: str, progress: bool = True) -> dict:
             rows = [add_metrics(records[c.id], c, spec, metrics, cells_dir, sharding, cache) for c in done]
         for f in failures:
             log.error("model %r failed: %s; log: %s", f.task.model, f.message, f.log)
-        result = report.write(workdir, spec, rows, metrics, failures)
+        result = report.write(workdir, spec, rows, metrics, failures, write_files=_writer())
     result["failed"] = failures
     return result
