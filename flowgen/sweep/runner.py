@@ -180,7 +180,8 @@ REFERENCE_TOL = {"float64": 1e-10, "float32": 1e-6}
 
 
 def _inputs(cell: Cell, spec: spec_lib.SweepSpec, sharding: NamedSharding) -> dict:
-    """The noise of the cell's seed (the same for every solver and budget) and its labels, padded and sharded."""
+    """The noise of the cell's seed (the same for every solver and budget) and its labels (or, for a text-conditioned
+    model, its captions: ``TextConditioning.sample_cond``), padded and sharded."""
     m = cell.model.spec
     n = spec.num_samples
     pad = -n % sharding.mesh.size
@@ -190,6 +191,10 @@ def _inputs(cell: Cell, spec: spec_lib.SweepSpec, sharding: NamedSharding) -> di
         kwargs["cond"] = jax.device_put(jnp.arange(n + pad, dtype=jnp.int32) % m.num_classes, sharding)
         if cell.guidance is not None:
             kwargs.update(guidance=float(cell.guidance), null_cond=m.num_classes)
+    elif m.text is not None:
+        kwargs["cond"] = {k: jax.device_put(v, sharding) for k, v in m.text.sample_cond(n + pad).items()}
+        if cell.guidance is not None:
+            kwargs.update(guidance=float(cell.guidance), null_cond=m.text.null())
     return kwargs
 
 
