@@ -229,12 +229,12 @@ def test_bad_inputs_raise_before_compiling():
             MMDiT(**{**TINY, **kwargs})
 
 
-def test_a_tiny_text_conditioned_model_learns_its_captions(tmp_path):
-    """The ``small`` recipe trained 120 steps through the real training loop: the loss falls, and on held-out digits
-    the velocity error with the right caption is clearly below the error with the next digit's caption."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The ``small`` recipe of configs/sd3_mmdit.py (a tiny MM-DiT on the captioned digits) trained 120 steps through
+    the real training loop: (workdir, logged losses)."""
     import importlib.util
 
-    from flowgen.data import digits, text
     from flowgen.train.loop import train_and_evaluate
 
     path = Path(__file__).resolve().parents[1] / "configs" / "sd3_mmdit.py"
@@ -242,16 +242,24 @@ def test_a_tiny_text_conditioned_model_learns_its_captions(tmp_path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     c = module.get_config("small")
-    c.data.data_dir = str(tmp_path / "tfds")
+    tmp = tmp_path_factory.mktemp("mmdit")
+    c.data.data_dir = str(tmp / "tfds")
     c.model.kwargs = {**c.model.kwargs, "hidden": 64, "num_heads": 4}
     c.update_from_flattened_dict({"train.num_steps": 120, "train.log_every": 20, "train.checkpoint_every": 120,
                                   "train.sample_every": 0, "optim.lr": 3e-3, "optim.warmup_steps": 20})
-    train_and_evaluate(c, str(tmp_path / "w"))
-    lines = [json.loads(line) for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
-    losses = [x["loss"] for x in lines if "loss" in x]
-    assert losses[-1] < 0.7 * losses[0], losses
+    train_and_evaluate(c, str(tmp / "w"))
+    lines = [json.loads(line) for line in (tmp / "w" / "metrics.jsonl").read_text().splitlines()]
+    return tmp / "w", [x["loss"] for x in lines if "loss" in x]
 
-    model = fg.load_model(tmp_path / "w", params="params")
+
+def test_a_tiny_text_conditioned_model_learns_its_captions(trained):
+    """The loss falls, and on held-out digits the velocity error with the right caption is clearly below the error
+    with the next digit's caption and with the null caption."""
+    from flowgen.data import digits, text
+
+    workdir, losses = trained
+    assert losses[-1] < 0.7 * losses[0], losses
+    model = fg.load_model(workdir, params="params")
     images, labels = digits.digits_images()
     x = jnp.asarray(images[digits.SPLITS["test"][0]:] / 127.5 - 1.0, jnp.float32)
     labels = labels[digits.SPLITS["test"][0]:]
@@ -269,3 +277,20 @@ def test_a_tiny_text_conditioned_model_learns_its_captions(tmp_path):
     print(f"\nloss {losses[0]:.3f} -> {losses[-1]:.3f}; held-out velocity error: right caption {right:.3f}, next "
           f"digit's {wrong:.3f}, null {null:.3f}")
     assert right < 0.95 * wrong and right < null
+
+
+def test_the_guidance_sweep_runs_on_a_text_conditioned_model(trained, tmp_path):
+    """``flowgen.sweep`` over guidance weights: captions of the digits caption set, the null caption for the
+    unconditional pass; w = 1 reproduces the unguided samples and costs two forward passes per call."""
+    from flowgen.sweep import runner, store
+
+    workdir, _ = trained
+    config = {"models": {"t2i": {"workdir": str(workdir)}}, "solvers": ("euler",), "nfe": (4,), "seeds": (0,),
+              "metrics": ("pixel_fd",), "num_samples": 40, "guidance": (None, 1.0, 3.0)}
+    out = runner.run(config, str(tmp_path), progress=False)
+    rows = {r["guidance"]: r for r in out["rows"]}
+    assert all(r["status"] == "done" for r in rows.values())
+    assert {w: (r["nfe"], r["forward_passes"]) for w, r in rows.items()} == {None: (4, 4), 1.0: (4, 8), 3.0: (4, 8)}
+    samples = {w: store.read_samples(str(tmp_path / "cells"), r["id"]) for w, r in rows.items()}
+    np.testing.assert_allclose(samples[1.0], samples[None], rtol=1e-4, atol=1e-4)
+    assert not np.allclose(samples[3.0], samples[None], atol=1e-2)
