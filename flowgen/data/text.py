@@ -7,8 +7,8 @@ encoder outputs). A caption enters the network as
 and the null caption of classifier-free guidance is all zeros (both entries): dropped captions are trained as
 zeros (``loss.label_dropout``) and guided sampling evaluates the net at zeros. Zeros, not the embedding of an empty
 prompt: Stability's generative-models conditioner drops an embedder by multiplying its output by zero (its
-``ucg_rate``), which is how SD3's dropped encoders are represented; a cached-embedding data set can also represent it
-without an encoder.
+``ucg_rate``), and diffusers' SD3 pipeline feeds zeros in place of an absent T5 encoder; and a data set of cached
+embeddings can represent zeros without any encoder.
 
 Two sources of such data (``config.data``):
 
