@@ -195,3 +195,16 @@ def test_config_ties_text_data_to_a_text_network():
     old = config_lib.base_config().to_dict()
     del old["data"]["captions"]
     assert config_lib.upgrade(old).data.captions == ""
+
+
+def test_a_text_conditioned_run_samples_with_its_captions():
+    from flowgen.train.run import Run
+
+    run = Run.from_config(_mmdit_config())
+    cond, null = run.sample_conditioning(12)
+    want = text.CAPTION_SETS["digits"].embed(np.arange(12) % 10)
+    for k in text.COND_KEYS:
+        np.testing.assert_array_equal(cond[k], want[k])
+    assert null == {"context": 0.0, "pooled": 0.0} and run.sample_groups == 10
+    batch = run.abstract_batch(4)
+    assert {k: v.shape for k, v in batch.items()} == {"x": (4, 8, 8, 1), "context": (4, 4, 32), "pooled": (4, 32)}
