@@ -231,8 +231,8 @@ def test_bad_inputs_raise_before_compiling():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The ``small`` recipe of configs/sd3_mmdit.py (a tiny MM-DiT on the captioned digits) trained 120 steps through
-    the real training loop: (workdir, logged losses)."""
+    """The ``digits`` variant of configs/sd3_mmdit.py (a tiny MM-DiT on the captioned digits) trained 120 steps at
+    batch 32 through the real training loop: (workdir, logged losses)."""
     import importlib.util
 
     from flowgen.train.loop import train_and_evaluate
@@ -241,12 +241,12 @@ def trained(tmp_path_factory):
     spec = importlib.util.spec_from_file_location("sd3_mmdit", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    c = module.get_config("small")
+    c = module.get_config("digits")
     tmp = tmp_path_factory.mktemp("mmdit")
     c.data.data_dir = str(tmp / "tfds")
-    c.model.kwargs = {**c.model.kwargs, "hidden": 64, "num_heads": 4}
     c.update_from_flattened_dict({"train.num_steps": 120, "train.log_every": 20, "train.checkpoint_every": 120,
-                                  "train.sample_every": 0, "optim.lr": 3e-3, "optim.warmup_steps": 20})
+                                  "train.sample_every": 0, "data.batch_size": 32, "optim.lr": 3e-3,
+                                  "optim.warmup_steps": 20, "ema.decays": (0.99,)})
     train_and_evaluate(c, str(tmp / "w"))
     lines = [json.loads(line) for line in (tmp / "w" / "metrics.jsonl").read_text().splitlines()]
     return tmp / "w", [x["loss"] for x in lines if "loss" in x]
