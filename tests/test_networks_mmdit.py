@@ -112,13 +112,21 @@ def test_outputs_equal_diffusers_on_converted_weights(name, monkeypatch):
 TINY = dict(hidden=32, depth=2, num_heads=2, patch_size=2, sample_size=8, pos_embed_max_size=6)
 
 
-def _inputs(batch=3, tokens=5, context_dim=12, pooled_dim=10, seed=1):
-    k = jax.random.split(jax.random.key(seed), 3)
-    x = jax.random.normal(k[0], (batch, 8, 8, 3))
+def _normal(*shape, seed=0):
+    """Host-made standard normals (no PRNG kernel to compile)."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), jnp.float32)
+
+
+def _inputs(batch=3, tokens=5, context_dim=12, pooled_dim=10):
+    x = _normal(batch, 8, 8, 3, seed=1)
     t = jnp.linspace(0.05, 0.95, batch)
-    cond = {"context": jax.random.normal(k[1], (batch, tokens, context_dim)),
-            "pooled": jax.random.normal(k[2], (batch, pooled_dim))}
+    cond = {"context": _normal(batch, tokens, context_dim, seed=2), "pooled": _normal(batch, pooled_dim, seed=3)}
     return x, t, cond
+
+
+@functools.cache
+def _block(num_heads, context_pre_only=False):
+    return jax.jit(JointBlock(num_heads, context_pre_only=context_pre_only).apply, compiler_options=FAST_COMPILE)
 
 
 @functools.cache
@@ -139,13 +147,10 @@ def test_adaln_zero_initialisation():
         np.testing.assert_array_equal(leaf, 0.0)
     # ... and every block passes both streams through unchanged (its gates are zero), the last one's text stream
     # being pre-only (not returned).
-    k = jax.random.split(jax.random.key(2), 3)
-    tokens, text, y = (jax.random.normal(k[0], (3, 16, net.hidden)), jax.random.normal(k[1], (3, 5, net.hidden)),
-                       jax.random.normal(k[2], (3, net.hidden)))
+    tokens, text, y = _normal(3, 16, net.hidden, seed=4), _normal(3, 5, net.hidden, seed=5), _normal(3, net.hidden)
     for i in range(net.depth):
         last = i == net.depth - 1
-        block = JointBlock(net.num_heads, context_pre_only=last)
-        out_x, out_c = block.apply({"params": params[f"block_{i}"]}, tokens, text, y)
+        out_x, out_c = _block(net.num_heads, last)({"params": params[f"block_{i}"]}, tokens, text, y)
         np.testing.assert_array_equal(out_x, tokens)
         if last:
             assert out_c is None and "c_attn_out" not in params[f"block_{i}"]
@@ -176,10 +181,9 @@ def test_joint_attention_carries_text_to_image_and_back():
     np.testing.assert_array_equal(apply(cut, x, t, other_context), apply(cut, x, t, cond))
     assert float(jnp.max(jnp.abs(apply(cut, x, t, other_pooled) - apply(cut, x, t, cond)))) > 1e-3
     # And the text stream attends to the image: a block's text output depends on the image tokens.
-    y = jax.random.normal(jax.random.key(4), (3, net.hidden))
-    tokens, other = (jax.random.normal(jax.random.key(k), (3, 16, net.hidden)) for k in (5, 6))
-    text = jax.random.normal(jax.random.key(7), (3, 5, net.hidden))
-    block = JointBlock(net.num_heads).apply
+    y, text = _normal(3, net.hidden, seed=4), _normal(3, 5, net.hidden, seed=7)
+    tokens, other = _normal(3, 16, net.hidden, seed=5), _normal(3, 16, net.hidden, seed=6)
+    block = _block(net.num_heads)
     _, text_a = block({"params": v["params"]["block_0"]}, tokens, text, y)
     _, text_b = block({"params": v["params"]["block_0"]}, other, text, y)
     assert float(jnp.max(jnp.abs(text_a - text_b))) > 1e-3
