@@ -30,6 +30,8 @@ caption set (``data.captions = "digits"``), 4 steps (smoke test). Variant ``digi
 from flowgen.networks import MMDIT_PRESETS
 from flowgen.train.config import base_config
 
+VARIANTS = ("", "small", "digits")
+
 
 def get_config(variant: str = ""):
     c = base_config()
