@@ -20,10 +20,12 @@ so w_T = w_x / c_T². The named weightings (λ = log(α/σ), SNR = e^{2λ}, σ̃
     likelihood   w_x = g²·α²/σ⁴ = 2·λ̇·SNR        — score_sde's likelihood weighting g² on the score error
 
 Weights are computed with λ clipped to [−20, 20]; this only matters at the ends of a path where α or σ vanish.
-Label dropout for classifier-free guidance replaces a label by the null label with probability ``label_dropout``.
+Label dropout for classifier-free guidance replaces a label by the null label with probability ``label_dropout``;
+with ``text_cond`` the conditioning is a caption's precomputed embeddings ``{"context": batch["context"], "pooled":
+batch["pooled"]}`` and a dropped caption is all zeros (the null caption, ``flowgen.data.text``).
 
-The model is called as ``model(params, x_t, t, cond, rng)`` with t of shape (B,), cond the (possibly dropped) labels
-or None, and rng a key for dropout.
+The model is called as ``model(params, x_t, t, cond, rng)`` with t of shape (B,), cond the (possibly dropped) labels,
+caption embeddings or None, and rng a key for dropout.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from flowgen.paths.time_samplers import TimeSampler, get_time_sampler
 from flowgen.sources import GAUSSIAN, Source
 
 WEIGHTINGS = ("uniform", "snr", "min_snr", "edm", "likelihood")
+TEXT_KEYS = ("context", "pooled")     # a caption's precomputed embeddings in a batch (flowgen.data.text)
 _LAMBDA_CLIP = 20.0
 
 
@@ -90,10 +93,12 @@ def make_loss(
     time_sampler_options: dict | None = None,
     coupling_options: dict | None = None,
     source: Source = GAUSSIAN,
+    text_cond: bool = False,
 ):
     """A pure ``loss_fn(params, batch, key) -> (loss, aux)``; batch = {"x": (B, ...), optional "label": (B,),
-    optional "noise" (coupling "given"), optional "t": (B,) to fix the times}. x₀ ("noise") is drawn from ``source``
-    (N(0, I) by default) and paired with the data by ``coupling``. All options are checked here."""
+    optional "noise" (coupling "given"), optional "t": (B,) to fix the times; with ``text_cond`` "context"
+    (B, L, D_ctx) and "pooled" (B, D_pool)}. x₀ ("noise") is drawn from ``source`` (N(0, I) by default) and paired
+    with the data by ``coupling``. All options are checked here."""
     check_target(target)
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; valid weightings: {', '.join(WEIGHTINGS)}")
@@ -101,7 +106,7 @@ def make_loss(
     couple = get_coupling(coupling, **(coupling_options or {}))
     if not 0.0 <= label_dropout <= 1.0:
         raise ValueError(f"label_dropout must be in [0, 1]; got {label_dropout!r}")
-    if label_dropout > 0 and null_label is None:
+    if label_dropout > 0 and null_label is None and not text_cond:
         raise ValueError("label_dropout > 0 needs null_label (the label index meaning 'no label', e.g. num_classes)")
     if not (gamma > 0 and sigma_data > 0):
         raise ValueError(f"gamma and sigma_data must be > 0; got gamma={gamma!r}, sigma_data={sigma_data!r}")
@@ -122,10 +127,21 @@ def make_loss(
         t = batch["t"] if "t" in batch else sampler.sample(k_time, (b,), x_data.dtype)
         x_t = path.sample(x_data, noise, t)
         goal = jax.lax.stop_gradient(target_from_pair(target, path, x_data, noise, t))
-        cond = batch.get("label")
-        if cond is not None and label_dropout > 0:
-            drop = jax.random.bernoulli(k_drop, label_dropout, cond.shape)
-            cond = jnp.where(drop, jnp.asarray(null_label, cond.dtype), cond)
+        if text_cond:
+            missing = [k for k in TEXT_KEYS if k not in batch]
+            if missing:
+                raise ValueError(f"a text-conditioned loss needs the batch entries {list(TEXT_KEYS)} (precomputed "
+                                 f"caption embeddings); the batch lacks {missing}")
+            cond = {k: batch[k] for k in TEXT_KEYS}
+            if label_dropout > 0:   # dropped captions become the null caption: zeros
+                drop = jax.random.bernoulli(k_drop, label_dropout, (b,))
+                cond = {k: jnp.where(drop.reshape((b,) + (1,) * (v.ndim - 1)), jnp.zeros((), v.dtype), v)
+                        for k, v in cond.items()}
+        else:
+            cond = batch.get("label")
+            if cond is not None and label_dropout > 0:
+                drop = jax.random.bernoulli(k_drop, label_dropout, cond.shape)
+                cond = jnp.where(drop, jnp.asarray(null_label, cond.dtype), cond)
         pred = model(params, x_t, t, cond, k_model)
         if pred.shape != x_t.shape:
             raise ValueError(f"the model returned shape {pred.shape}; expected the input's {x_t.shape}")

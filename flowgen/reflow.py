@@ -81,6 +81,9 @@ def workdir_teacher(model, params: str = "ema") -> Teacher:
     run = model.run
     if run is None:
         raise ValueError("teacher must be a training workdir or a model from fg.load_model (it carries its run)")
+    if run.text is not None:
+        raise ValueError(f"teacher {model.workdir!r} is text-conditioned; pairs carry labels only, so a "
+                         "text-conditioned model cannot be a teacher yet")
 
     def sample(x0, cond, key, solver, num_steps, grid):
         kwargs = {} if cond is None else {"cond": cond}

@@ -29,7 +29,8 @@ class TrainedModel:
     few-step network at extra time 0, ``Method.solver_model``); ``fn(x_t, t[, cond])`` has ``params`` bound. The
     method's own samplers: ``run.method.sample(run.sample_apply, params, noise, solver=..., ...)``. ``num_classes``
     is None for an unconditional model, else the label count, and ``null_label`` (= num_classes) is the "no label"
-    input for classifier-free guidance.
+    input for classifier-free guidance. ``text`` is the ``flowgen.data.text.TextConditioning`` of a text-conditioned
+    model (cond = caption embeddings ``{"context", "pooled"}``, null caption ``text.null()``: zeros), else None.
     """
 
     apply: Any
@@ -45,6 +46,7 @@ class TrainedModel:
     workdir: str
     config: ml_collections.ConfigDict
     run: Any = None          # the flowgen.train.run.Run it was loaded with (network, method, source, mesh)
+    text: Any = None         # the text conditioning of a text-conditioned model (flowgen.data.text), else None
 
     @functools.cached_property
     def fn(self):
@@ -93,4 +95,4 @@ def load_model(workdir: str | os.PathLike, params: str = "ema", step: int | None
                         target=run.method.prediction,
                         num_classes=run.num_classes, null_label=run.num_classes, element_shape=run.element_shape,
                         data_name=config.data.name, step=int(found_step), params_name=name, workdir=str(workdir),
-                        config=config, run=run)
+                        config=config, run=run, text=run.text)

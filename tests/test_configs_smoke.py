@@ -12,6 +12,8 @@ Data:
   ``tfds.testing.mock_data``;
 - pairs files (reflow, distillation) are made by a teacher: the tests write mock pairs of the shape of the config
   module's ``PAIRS_OF`` data set (random values, like TFDS's mock data) and point ``data.kwargs.file`` at them.
+- a folder of precomputed text embeddings (``text_embeddings``, e.g. SD3's latents and captions) is mocked for full
+  variants (``data.mock``: seeded random arrays of the declared shapes).
 
 XLA's optimisation passes are switched off while these tests run (``jax_disable_most_optimizations``): compiling the
 32×32 U-Net's init and train step dominates a smoke run and takes half as long without them. The computation is the
@@ -65,6 +67,8 @@ def data_kind(config) -> str:
         return "toy"
     if name == config_lib.PAIRS:
         return "pairs"
+    if name == config_lib.TEXT_FOLDER:
+        return "text_folder"
     if pipeline.dataset_spec(name).tfds_name == digits.NAME:
         return "digits"
     return "catalogue"
@@ -74,6 +78,8 @@ def element_shape(module, config) -> tuple[int, ...]:
     kind = data_kind(config)
     if kind == "toy":
         return (2,)
+    if kind == "text_folder":
+        return config_lib.element_shape(config.data)
     return tuple(pipeline.dataset_spec(module.PAIRS_OF if kind == "pairs" else config.data.name).image_shape)
 
 
@@ -92,8 +98,11 @@ def mock_pairs(module, config, data_dir) -> None:
 
 def with_data(module, config, fn, data_dir):
     """``fn()`` with the config's data reachable: a shared digits data_dir, TFDS mock data for the catalogue, mock
-    pairs for a pairs file."""
+    pairs for a pairs file, mock arrays for a text_embeddings folder."""
     kind = data_kind(config)
+    if kind == "text_folder":
+        config.data.mock = True
+        return fn()
     if kind == "pairs":
         mock_pairs(module, config, data_dir)
         return fn()
@@ -212,10 +221,11 @@ def test_full_variant_validates_and_builds(path, variant, data_dir):
     config_lib.validate(config)
     shape = element_shape(module, config)
     num_classes = config.model.num_classes or None
+    text = config_lib.text_conditioning(config.data)               # caption embeddings instead of labels
     extra_times = METHODS[config.method.name].extra_times          # the method's further time inputs (MeanFlow's h)
     net = build_network(config.model, num_classes, extra_times)
     example = (np.zeros((1, *shape), np.float32), np.zeros((1,), np.float32),
-               np.zeros((1,), np.int32) if num_classes else None)
+               np.zeros((1,), np.int32) if num_classes else (text.zeros(1) if text is not None else None))
     times = {"times": {name: example[1] for name in extra_times}} if extra_times else {}
     params = jax.eval_shape(lambda key: net.init(key, *example, **times), jax.random.key(0))
     count = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))

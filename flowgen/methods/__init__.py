@@ -9,7 +9,8 @@
     distill.py         one-step distillation (Liu et al. 2023): v(x₀, t_min) onto a teacher's pair, 1 NFE
     consistency.py     continuous-time consistency models (Lu & Song 2024): sCT / sCD in TrigFlow, 1-2 NFE
 
-``build(name, path=..., source=..., num_classes=..., **options)`` checks the options and builds the method.
+``build(name, path=..., source=..., num_classes=..., text_cond=..., **options)`` checks the options and builds the
+method.
 """
 
 from flowgen import options
@@ -27,8 +28,13 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (FlowMatching, PseudoHube
 
 
 def build(name: str, **kwargs) -> Method:
-    """The method ``name`` with ``kwargs`` (path, source, num_classes and its own options), every option checked."""
-    return options.build(METHODS, name, "method", kwargs, hidden=("path", "source", "num_classes"))
+    """The method ``name`` with ``kwargs`` (path, source, num_classes, text_cond and its own options), every option
+    checked."""
+    cls = options.choose(METHODS, name, "method")
+    if kwargs.get("text_cond") and not cls.supports_text:
+        raise ValueError(f"method.name={name!r} does not take text conditioning (precomputed caption embeddings); "
+                         f"methods that do: {', '.join(n for n, m in METHODS.items() if m.supports_text)}")
+    return options.build(METHODS, name, "method", kwargs, hidden=("path", "source", "num_classes", "text_cond"))
 
 
 __all__ = ["METHODS", "ConsistencyModel", "FlowMatching", "MeanFlow", "Method", "OneStepDistillation",

@@ -3,7 +3,8 @@
 A method answers three questions, and nothing else in flowgen asks them by name:
 
 1. **What does the network take?** ``extra_times``: the time-like inputs besides x and t (MeanFlow's r, a shortcut
-   model's step size d), passed to the network as ``times={name: (B,)}``; labels when the run is conditional.
+   model's step size d), passed to the network as ``times={name: (B,)}``; labels when the run is conditional, or
+   a caption's embeddings ``{"context", "pooled"}`` (``text_cond``, for methods with ``supports_text``).
 2. **What is the loss?** ``make_loss(apply) -> loss(params, state, batch, key) -> (loss, aux)``, where
    ``apply(params, x_t, t, cond, rng, **times)`` is the training-mode network, ``params`` the parameters being
    differentiated and ``state`` the whole train state (``step``, ``params``, ``opt_state``, ``ema``) — not
@@ -44,10 +45,14 @@ class Method:
     #: True if the method trains on a teacher's pairs only (``data.name = "pairs"``, coupling "given"; e.g.
     #: distillation), never on a data set directly.
     trains_on_pairs: ClassVar[bool] = False
+    #: True if the method takes text conditioning (batches with precomputed caption embeddings "context" and
+    #: "pooled", ``flowgen.data.text``) besides labels.
+    supports_text: ClassVar[bool] = False
 
     path: Path
     source: Source = GAUSSIAN
     num_classes: int | None = None
+    text_cond: bool = False      # conditioned on captions: cond = {"context", "pooled"}, null caption = zeros
 
     @property
     def prediction(self) -> str:

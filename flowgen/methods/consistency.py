@@ -144,6 +144,7 @@ def _number(value, name, low, *, low_open=False, integer=False):
 @dataclasses.dataclass(frozen=True, eq=False)
 class ConsistencyModel(FlowMatching):
     name: ClassVar[str] = "consistency"
+    supports_text: ClassVar[bool] = False   # its loss conditions on labels only (not on caption embeddings)
     samplers: ClassVar[tuple[str, ...]] = ("consistency",)
     stochastic_samplers: ClassVar[tuple[str, ...]] = ("consistency",)    # re-noises between steps
 

@@ -32,6 +32,7 @@ from flowgen.methods.flow_matching import FlowMatching
 @dataclasses.dataclass(frozen=True, eq=False)
 class OneStepDistillation(FlowMatching):
     name: ClassVar[str] = "distill"
+    supports_text: ClassVar[bool] = False   # its loss conditions on labels only (not on caption embeddings)
     samplers: ClassVar[tuple[str, ...]] = ("one_step",)
     trains_on_pairs: ClassVar[bool] = True
 

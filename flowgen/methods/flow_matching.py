@@ -12,7 +12,8 @@ preconditioning, when the run asks for it, wraps the network (``flowgen.paths.pr
 it is (target ``data``).
 
 Options (``config.loss``): target, weighting, time_sampler, time_sampler_options, coupling,
-coupling_options (e.g. ``{"solver": "auction"}`` for ``ot``), label_dropout.
+coupling_options (e.g. ``{"solver": "auction"}`` for ``ot``), label_dropout (the probability of replacing the
+label by the null label, or a caption by the null caption, zeros, for a text-conditioned run).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flowgen.methods.base import Method
 @dataclasses.dataclass(frozen=True, eq=False)
 class FlowMatching(Method):
     name: ClassVar[str] = "flow_matching"
+    supports_text: ClassVar[bool] = True
 
     target: str = "velocity"
     weighting: str = "uniform"
@@ -46,10 +48,11 @@ class FlowMatching(Method):
 
     def _regression(self, apply):
         """``flowgen.losses.make_loss`` with this method's options: ``loss(params, batch, key)``."""
-        dropout = self.label_dropout if self.num_classes else 0.0
+        dropout = self.label_dropout if (self.num_classes or self.text_cond) else 0.0
         loss = losses.make_loss(
             apply, self.path, self.target, self.weighting, self.time_sampler, self.coupling,
-            label_dropout=dropout, null_label=self.num_classes if dropout > 0 else None,
+            label_dropout=dropout, null_label=self.num_classes if (dropout > 0 and self.num_classes) else None,
+            text_cond=self.text_cond,
             time_sampler_options=dict(self.time_sampler_options),
             coupling_options=dict(self.coupling_options), source=self.source)
         if self.num_classes:

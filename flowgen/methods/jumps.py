@@ -37,6 +37,7 @@ class JumpMethod(FlowMatching):
     set ``extra_times`` (one name), ``samplers`` (one name) and implement ``jump_times`` and ``check_jumps``."""
 
     name: ClassVar[str] = "jump_method"
+    supports_text: ClassVar[bool] = False   # its loss conditions on labels only (not on caption embeddings)
     #: Whether the method's own sampler accepts classifier-free guidance of its average velocity.
     guidable: ClassVar[bool] = True
 

@@ -29,6 +29,7 @@ from flowgen.paths.time_samplers import get_time_sampler
 @dataclasses.dataclass(frozen=True, eq=False)
 class PseudoHuberFlowMatching(FlowMatching):
     name: ClassVar[str] = "pseudo_huber"
+    supports_text: ClassVar[bool] = False   # its loss conditions on labels only (not on caption embeddings)
 
     c: float = 0.03
 

@@ -222,8 +222,9 @@ REFERENCE_TOL = {"float64": 1e-10, "float32": 1e-6}
 
 
 def _inputs(cell: Cell, spec: spec_lib.SweepSpec, sharding: NamedSharding) -> dict:
-    """The noise of the cell's seed (the same for every solver and budget) and its labels, padded and sharded over
-    every device of every process (``_draw``): sample i's noise depends only on the seed, i and the sample count."""
+    """The noise of the cell's seed (the same for every solver and budget) and its labels (or, for a text-conditioned
+    model, its captions: ``TextConditioning.sample_cond``), padded and sharded over every device of every process
+    (``_draw``): sample i's noise depends only on the seed, i and the sample count."""
     m = cell.model.spec
     noise, cond = _draw(jax.random.key(cell.seed), n=spec.num_samples, shape=tuple(m.element_shape),
                         dtype=jnp.dtype(spec.dtype), num_classes=m.num_classes or 0, sharding=sharding)
@@ -232,6 +233,13 @@ def _inputs(cell: Cell, spec: spec_lib.SweepSpec, sharding: NamedSharding) -> di
         kwargs["cond"] = cond
         if cell.guidance is not None:
             kwargs.update(guidance=float(cell.guidance), null_cond=m.num_classes)
+    elif m.text is not None:
+        n = spec.num_samples
+        rows = m.text.sample_cond(n + (-n % sharding.mesh.size))      # the same host arrays on every process
+        kwargs["cond"] = {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+                          for k, v in rows.items()}
+        if cell.guidance is not None:
+            kwargs.update(guidance=float(cell.guidance), null_cond=m.text.null())
     return kwargs
 
 

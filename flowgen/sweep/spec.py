@@ -117,6 +117,7 @@ class ModelSpec:
     solvers: tuple | None = None    # this model's solvers (None: the sweep's)
     teacher: object = None          # the ModelSpec whose pairs it trains on (reflow, distillation), or None
     pairs: tuple[tuple[str, object], ...] = ()      # the pair generation settings (``PAIRS``)
+    text: object = None             # flowgen.data.text.TextConditioning of a text-conditioned model, else None
 
     @property
     def transformed(self) -> bool:
@@ -330,7 +331,7 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
             raise ValueError(f"analytic model {name!r}: data {data!r} is not one of {', '.join(toy.MIXTURE_DATASETS)}")
         path = fg.paths.get(entry.get("path") or "linear")
         target = fg.paths.check_target(entry.get("target") or "velocity")
-        source, shape, num_classes = data, (2,), None
+        source, shape, num_classes, text = data, (2,), None, None
     else:
         if "path" in entry or "target" in entry:
             raise ValueError(f"model {name!r}: 'path'/'target' are set by its training config; use 'sample_path' "
@@ -359,6 +360,7 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
         data = config_lib.data_name_of(data_config)
         shape = config_lib.element_shape(data_config.data)
         num_classes = data_config.model.num_classes or None
+        text = config_lib.text_conditioning(data_config.data)
         method = config_lib.build_method(cfg)
         path, target = method.path, method.prediction
     sample_path, t_start, t_end = path, None, None
@@ -376,7 +378,7 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
     if solvers and any(x.own for x in solvers) and sample_path is not path:
         raise ValueError(f"model {name!r}: sample_path applies to fg.sample's solvers, not to a method's own sampler")
     return ModelSpec(name, kind, source, params, data, shape, num_classes, path, target, sample_path,
-                     sample_target, t_start, t_end, knobs, method, solvers, teacher, pairs)
+                     sample_target, t_start, t_end, knobs, method, solvers, teacher, pairs, text)
 
 
 def _ints(values, key: str, minimum: int) -> tuple[int, ...]:
@@ -460,7 +462,7 @@ def parse(config) -> SweepSpec:
     for m in models:
         for metric in metrics:
             check_fits(metric, m.data_name, m.name)
-        if m.num_classes is None and any(w is not None for w in guidance):
+        if m.num_classes is None and m.text is None and any(w is not None for w in guidance):
             raise ValueError(f"guidance {[w for w in guidance if w is not None]} given, but model {m.name!r} is "
                              "unconditional; use guidance=(None,)")
     dtype = c.get("dtype") or "float32"

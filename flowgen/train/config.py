@@ -36,6 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.random_flip = False
     c.data.dequantize = False
     c.data.mock = False              # image datasets: TFDS's mock data (random records, real shapes), for smoke runs
+    # Text conditioning of a labelled dataset: "" (none) or a caption set of flowgen.data.text.CAPTION_SETS (e.g.
+    # "digits": each class's caption, embedded); batches then carry caption embeddings instead of labels.
+    c.data.captions = ""
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"
@@ -145,6 +148,9 @@ PAIRS = "pairs"
 #: The options of ``data.kwargs`` for a pairs file: the file, and the size up to which it is held on the devices
 #: (``flowgen.train.input.pairs_input``).
 PAIRS_OPTIONS = ("file", "device_max_mb")
+#: ``data.name`` of a folder of precomputed text embeddings (``flowgen.data.text``; ``data.data_dir``).
+TEXT_FOLDER = "text_embeddings"
+TEXT_FOLDER_KWARGS = ("shape", "context_len", "context_dim", "pooled_dim")
 
 
 def check_pairs_options(data) -> None:
@@ -161,7 +167,7 @@ def check_pairs_options(data) -> None:
 
 
 def dataset_names() -> tuple[list[str], list[str]]:
-    """(toy sets, image datasets) that ``data.name`` may be (besides ``"pairs"``)."""
+    """(toy sets, image datasets) that ``data.name`` may be (besides ``"pairs"`` and ``"text_embeddings"``)."""
     from flowgen.data import pipeline, toy
 
     return sorted(toy.TOY_DATASETS), sorted(pipeline.IMAGE_DATASETS)
@@ -169,11 +175,48 @@ def dataset_names() -> tuple[list[str], list[str]]:
 
 def check_dataset_name(name) -> None:
     toys, images = dataset_names()
-    if name not in toys and name not in images and name != PAIRS:
-        hint = difflib.get_close_matches(str(name), toys + images + [PAIRS], n=1)
+    if name not in toys and name not in images and name not in (PAIRS, TEXT_FOLDER):
+        hint = difflib.get_close_matches(str(name), toys + images + [PAIRS, TEXT_FOLDER], n=1)
         raise ValueError(f"data.name={name!r} is not a dataset{f' (did you mean {hint[0]!r}?)' if hint else ''}. "
                          f"Toy sets (sampled on the fly): {', '.join(toys)}; image datasets (TFDS): "
-                         f"{', '.join(images)}; {PAIRS!r} (a file of (x_data, noise) pairs, data.kwargs.file)")
+                         f"{', '.join(images)}; {PAIRS!r} (a file of (x_data, noise) pairs, data.kwargs.file); "
+                         f"{TEXT_FOLDER!r} (images or latents with precomputed text embeddings, data.data_dir)")
+
+
+def _text_folder_kwargs(data) -> dict:
+    """``data.kwargs`` of a text_embeddings folder, checked: shape (H, W, C) and the three text widths."""
+    kwargs = _kwargs(data.kwargs)
+    missing = [k for k in TEXT_FOLDER_KWARGS if k not in kwargs]
+    extra = sorted(set(kwargs) - set(TEXT_FOLDER_KWARGS))
+    if missing or extra:
+        raise ValueError(f"data.name={TEXT_FOLDER!r} declares its shapes in data.kwargs = {list(TEXT_FOLDER_KWARGS)}; "
+                         f"missing {missing}, unknown {extra}")
+    shape = tuple(kwargs["shape"])
+    values = [*shape, *(kwargs[k] for k in TEXT_FOLDER_KWARGS[1:])]
+    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ValueError(f"data.kwargs for {TEXT_FOLDER!r}: shape must be 3 integers >= 1 (H, W, C) and context_len, "
+                         f"context_dim, pooled_dim integers >= 1; got {kwargs}")
+    return {**kwargs, "shape": shape}
+
+
+def text_conditioning(data):
+    """The text conditioning of ``config.data`` (``flowgen.data.text.TextConditioning``), or None: a caption set
+    on a labelled dataset (``data.captions``) or a text_embeddings folder. Reads no data."""
+    from flowgen.data import text
+
+    captions = data.get("captions", "")
+    if data.name == TEXT_FOLDER:
+        if captions:
+            raise ValueError(f"data.captions={captions!r} captions a labelled dataset; data.name={TEXT_FOLDER!r} "
+                             "brings its own caption embeddings: leave data.captions ''")
+        kw = _text_folder_kwargs(data)
+        return text.TextConditioning(kw["context_len"], kw["context_dim"], kw["pooled_dim"], folder=data.data_dir,
+                                     mock=bool(data.get("mock", False)))
+    if not captions:
+        return None
+    caption_set = text.get_caption_set(captions)
+    return text.TextConditioning(caption_set.context_len, caption_set.context_dim, caption_set.pooled_dim,
+                                 caption_set=caption_set)
 
 
 def _kwargs(node) -> dict:
@@ -191,6 +234,8 @@ def dataset_num_classes(data) -> int:
         from flowgen.data.pairs import pairs_num_classes
 
         return pairs_num_classes(_kwargs(data.kwargs).get("file", ""))
+    if data.name == TEXT_FOLDER:
+        return 0
     return pipeline.dataset_spec(data.name).num_classes or 0
 
 
@@ -204,6 +249,8 @@ def element_shape(data) -> tuple[int, ...]:
         from flowgen.data.pairs import pairs_element_shape
 
         return pairs_element_shape(_kwargs(data.kwargs).get("file", ""))
+    if data.name == TEXT_FOLDER:
+        return _text_folder_kwargs(data)["shape"]
     from flowgen.data import pipeline
 
     return tuple(pipeline.dataset_spec(data.name).image_shape)
@@ -250,12 +297,14 @@ def saved_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
 
 def upgrade(config) -> ml_collections.ConfigDict:
-    """A config saved by an earlier flowgen (``config.json``) with the sections added since (``method``,
-    ``source``) filled in with the defaults that reproduce what that version did. Returns a new ConfigDict."""
+    """A config saved by an earlier flowgen (``config.json``) with the sections and keys added since (``method``,
+    ``source``, ``data.captions``) filled in with the defaults that reproduce what that version did. Returns a new
+    ConfigDict."""
     d = json.loads(config.to_json()) if hasattr(config, "to_json") else json.loads(json.dumps(config))
     defaults = json.loads(base_config().to_json())
     for key in ("method", "source"):
         d.setdefault(key, defaults[key])
+    d.setdefault("data", {}).setdefault("captions", defaults["data"]["captions"])
     return ml_collections.ConfigDict(d)
 
 
@@ -265,7 +314,8 @@ def build_method(config):
 
     return methods.build(config.method.name, path=paths_lib.get(config.path.name, **_kwargs(config.path.kwargs)),
                          source=sources.get_source(config.source.name, **_kwargs(config.source.kwargs)),
-                         num_classes=config.model.num_classes or None, **_kwargs(config.loss),
+                         num_classes=config.model.num_classes or None,
+                         text_cond=text_conditioning(config.data) is not None, **_kwargs(config.loss),
                          **_kwargs(config.method.kwargs))
 
 
@@ -333,19 +383,22 @@ def validate(config, pairs_pending: bool = False) -> None:
     _number(config, "optim.min_lr_ratio", 0, 1)
     _number(config, "model.sigma_data", 0, low_open=True)
     _number(config, "loss.label_dropout", 0, 1, high_open=True)
+    text = text_conditioning(config.data)
+    _check_text(config, text)
     if config.sample.guidance is not None:
         _number(config, "sample.guidance", 0)
-        if not config.model.num_classes:
+        if not config.model.num_classes and text is None:
             raise ValueError(f"sample.guidance={config.sample.guidance!r} needs a class-conditional model "
-                             "(model.num_classes > 0); leave it unset (None) for an unconditional one")
+                             "(model.num_classes > 0) or a text-conditioned one (data.captions or data.name="
+                             f"{TEXT_FOLDER!r}); leave it unset (None) for an unconditional one")
     num_classes = config.model.num_classes
     data_classes = 0 if pairs_pending and config.data.name == PAIRS else dataset_num_classes(config.data)
     if num_classes and data_classes and num_classes != data_classes:
         raise ValueError(f"model.num_classes={num_classes} but dataset {config.data.name!r} has {data_classes} "
                          f"classes: use {data_classes}, or 0 for an unconditional model")
-    if config.loss.label_dropout > 0 and not num_classes:
+    if config.loss.label_dropout > 0 and not num_classes and text is None:
         raise ValueError(f"loss.label_dropout={config.loss.label_dropout} needs a class-conditional model "
-                         "(model.num_classes > 0)")
+                         "(model.num_classes > 0) or a text-conditioned one (data.captions)")
     if couplings.COUPLINGS[config.loss.coupling].needs_pairs and config.data.name != PAIRS:
         raise ValueError(f"loss.coupling={config.loss.coupling!r} takes the pairs from the data set: set "
                          f"data.name={PAIRS!r} with data.kwargs.file (a .npz of x_data and noise); "
@@ -355,7 +408,8 @@ def validate(config, pairs_pending: bool = False) -> None:
                          "'gaussian'")
     method = build_method(config)    # the method checks its own options (with the path and the source) ...
     s = config.sample                # ... and the sample settings its own sampler takes, if one is named
-    method.check_sampler(s.solver, s.num_steps, s.grid, s.guidance if config.model.num_classes else None)
+    conditional = config.model.num_classes or text is not None
+    method.check_sampler(s.solver, s.num_steps, s.grid, s.guidance if conditional else None)
     check_network(config)
     decays = optim.ema_decays(config.ema)
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
@@ -376,6 +430,37 @@ def check_init_from(config) -> None:
     decays = optim.ema_decays(source.ema)
     _choice(config.train.get("init_params", "params"),
             ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else []), "train.init_params")
+
+
+def _check_text(config, text) -> None:
+    """A text-conditioned network needs text-conditioned data and conversely; captions replace labels."""
+    takes_text = getattr(networks.NETWORKS[config.model.name], "text_conditioned", False)
+    if takes_text and text is None:
+        raise ValueError(f"model.name={config.model.name!r} is conditioned on text: give the data captions "
+                         f"(data.captions, one of {', '.join(_caption_sets())} for a labelled dataset) or use "
+                         f"data.name={TEXT_FOLDER!r} (precomputed text embeddings)")
+    if text is None:
+        return
+    if not takes_text:
+        text_nets = [n for n, cls in networks.NETWORKS.items() if getattr(cls, "text_conditioned", False)]
+        raise ValueError(f"data.captions={config.data.captions!r} / data.name={config.data.name!r} give text "
+                         f"conditioning, which model.name={config.model.name!r} does not take; text-conditioned "
+                         f"networks: {', '.join(text_nets)}")
+    if config.model.num_classes:
+        raise ValueError(f"model.num_classes={config.model.num_classes}: a text-conditioned model is conditioned on "
+                         "captions, not labels; set model.num_classes=0")
+    if config.data.get("captions") and not dataset_num_classes(config.data):
+        raise ValueError(f"data.captions={config.data.captions!r} captions the classes of a labelled dataset; "
+                         f"data.name={config.data.name!r} has no labels")
+    if text.caption_set is not None and dataset_num_classes(config.data) != len(text.caption_set.captions):
+        raise ValueError(f"data.captions={config.data.captions!r} has {len(text.caption_set.captions)} captions but "
+                         f"data.name={config.data.name!r} has {dataset_num_classes(config.data)} classes")
+
+
+def _caption_sets() -> list[str]:
+    from flowgen.data import text
+
+    return [repr(n) for n in text.CAPTION_SETS]
 
 
 def check_devices(config) -> None:

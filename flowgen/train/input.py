@@ -7,7 +7,8 @@
     data.get_state()     JSON-serialisable iterator state (checkpointed);  data.set_state(state)
     data.reference(n, seed)  n examples for quality metrics (from the data, not the model)
 
-Toy sets are a pure function of (seed, step), so they are drawn on the device inside the training program: no
+Text-conditioned inputs (``flowgen.train.text_input``) add ``context`` and ``pooled`` caption embeddings to every
+batch. Toy sets are a pure function of (seed, step), so they are drawn on the device inside the training program: no
 host work and no transfer per step, and a resumed run sees exactly the same batches. So are pairs files (reflow) up
 to ``PAIRS_DEVICE_MAX_MB``; larger ones are memory-mapped and fed from the host, the same rows by the same rule.
 Image datasets go through ``flowgen.data`` (TFDS ArrayRecord + grain) on the host; ``DevicePrefetcher`` puts host
@@ -246,14 +247,31 @@ def stacked_sharding(batch_sharding: NamedSharding) -> NamedSharding:
 
 
 def make_input(data_cfg, seed: int):
+    """The training input of ``config.data``; a text-conditioned one (``data.captions`` or a text_embeddings
+    folder) yields caption embeddings, ``flowgen.train.text_input``."""
+    from flowgen.train import config as config_lib
+
     name = data_cfg.name
     kwargs = data_cfg.get("kwargs", {})
     kwargs = kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+    text = config_lib.text_conditioning(data_cfg)
+    if name == config_lib.TEXT_FOLDER:
+        from flowgen.train.text_input import TextFolderInput
+
+        return TextFolderInput(data_cfg, seed, text, config_lib.element_shape(data_cfg))
     if name in toy.TOY_DATASETS:
+        if text is not None:
+            raise ValueError(f"data.captions={data_cfg.captions!r}: toy sets are drawn on the device; captions "
+                             "apply to image datasets")
         return ToyInput(name, seed, data_cfg.batch_size, kwargs)
     if name == "pairs":
         return pairs_input(kwargs.get("file", ""), seed, data_cfg.batch_size,
                            kwargs.get("device_max_mb", PAIRS_DEVICE_MAX_MB))
     from flowgen.train.image_input import ImageInput
 
-    return ImageInput(data_cfg, seed)
+    data = ImageInput(data_cfg, seed)
+    if text is not None:
+        from flowgen.train.text_input import CaptionedInput
+
+        return CaptionedInput(data, text.caption_set)
+    return data

@@ -5,9 +5,11 @@
 
 It holds the one device mesh, the path, the source of x₀, the training method (``flowgen.methods``), the Flax
 network and its two apply functions, the optimiser and its schedule, the EMA decays, the run's three keys (init,
-train, sample) and the sharded abstract train state. It knows which parameters sample (``sampling_params``: the
-slowest EMA by default) and how (``draw_samples``: the method's sampler, with measured NFE). Nothing here reads the
-data set or touches the workdir; ``make_input`` opens the data for training.
+train, sample), the sharded abstract train state and the text conditioning, if any (``flowgen.data.text``). It
+knows which parameters sample (``sampling_params``: the slowest EMA by default) and how (``draw_samples``: the
+method's sampler, with measured NFE, conditioned as ``sample_conditioning`` says). Nothing here reads the data set
+(except the few captions a text_embeddings folder's samples are drawn with) or touches the workdir; ``make_input``
+opens the data for training.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class Run:
     decays: tuple[float, ...]
     keys: tuple            # (init, train, sample)
     abstract_state: Any    # TrainState of jax.ShapeDtypeStruct with .sharding set
+    text: Any = None       # flowgen.data.text.TextConditioning of a text-conditioned run, else None
 
     # ------------------------------------------------------------------------------------------------ building
     @classmethod
@@ -65,6 +68,7 @@ class Run:
         mesh = sharding_lib.make_mesh(config.mesh.fsdp) if mesh is None else mesh
         shape = config_lib.element_shape(config.data)
         num_classes = config.model.num_classes or None
+        text = config_lib.text_conditioning(config.data)
         method = config_lib.build_method(config)
         path, source = method.path, method.source
         source.check_shape(shape)
@@ -74,7 +78,7 @@ class Run:
         decays = ema_decays(config.ema)
         keys = tuple(jax.random.split(jax.random.key(config.seed), 3))
         example = (jnp.zeros((1, *shape), jnp.float32), jnp.zeros((1,), jnp.float32),
-                   jnp.zeros((1,), jnp.int32) if num_classes else None)
+                   jnp.zeros((1,), jnp.int32) if num_classes else (text.zeros(1) if text is not None else None))
         times = {name: example[1] for name in method.extra_times}
 
         def init(key):
@@ -84,7 +88,7 @@ class Run:
         shardings = sharding_lib.state_shardings(abstract, mesh)
         abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
         run = cls(config, mesh, shape, num_classes, path, source, method, module, train_apply, sample_apply,
-                  optimizer, schedule, decays, keys, abstract)
+                  optimizer, schedule, decays, keys, abstract, text=text)
         object.__setattr__(run, "_init", init)
         return run
 
@@ -147,23 +151,40 @@ class Run:
         batch = {"x": jax.ShapeDtypeStruct((b, *self.element_shape), jnp.float32)}
         if self.num_classes:
             batch["label"] = jax.ShapeDtypeStruct((b,), jnp.int32)
+        if self.text is not None:
+            batch.update({k: jax.ShapeDtypeStruct(v, jnp.float32) for k, v in self.text.shapes(b).items()})
         if self.config.data.name == config_lib.PAIRS:
             batch["noise"] = batch["x"]
         return batch
 
     # ------------------------------------------------------------------------------------------------ sampling
+    @property
+    def sample_groups(self) -> int:
+        """How many conditions samples cycle through (sample i has condition ``i % sample_groups``): the classes,
+        a caption set's captions, or 0 (unconditional, or a caption per sample)."""
+        return self.num_classes or (self.text.num_captions if self.text is not None else 0)
+
+    def sample_conditioning(self, num: int):
+        """``(cond, null_cond)`` for ``num`` samples: labels ``i % num_classes`` and the null label; the captions
+        of ``TextConditioning.sample_cond`` and the null caption (zeros); or (None, None)."""
+        if self.num_classes:
+            return jnp.arange(num) % self.num_classes, self.num_classes
+        if self.text is not None:
+            return jax.tree.map(jnp.asarray, self.text.sample_cond(num)), self.text.null()
+        return None, None
+
     def draw_samples(self, state: TrainState, key, num: int, *, params: str | None = None):
         """``(samples (num, *element_shape) numpy, measured NFE)`` with the config's ``sample`` settings: x₀ from
-        the source, the method's sampler, labels ``i % num_classes`` for a conditional model."""
+        the source, the method's sampler, the conditions of ``sample_conditioning`` for a conditional model."""
         s = self.config.sample
         _, chosen = self.sampling_params(state, s.ema if params is None else params)
         k_noise, k_sample = jax.random.split(key)
         noise = self.source.sample(k_noise, (num, *self.element_shape), jnp.float32)
-        cond = jnp.arange(num) % self.num_classes if self.num_classes else None
-        guidance = s.guidance if self.num_classes else None
+        cond, null_cond = self.sample_conditioning(num)
+        guidance = s.guidance if cond is not None else None
         x, info = self.method.sample(self.sample_apply, chosen, noise, key=k_sample, solver=s.solver,
                                      num_steps=s.num_steps, grid=s.grid, cond=cond, guidance=guidance,
-                                     null_cond=self.num_classes)
+                                     null_cond=null_cond)
         return np.asarray(jax.device_get(x)), int(info["nfe"])
 
     # ------------------------------------------------------------------------------------------------ describe
@@ -187,7 +208,8 @@ class Run:
                  f"method: {self.method.name} ({self.method.prediction} prediction) on {self.path!r}, source "
                  f"{self.source.name if self.source.gaussian else c.source.name}",
                  f"network: {c.model.name} {_kwargs(c.model.kwargs)}, element shape {self.element_shape}, "
-                 f"classes {self.num_classes or 0}",
+                 + (f"text context {self.text.shapes(1)['context'][1:]}, pooled ({self.text.pooled_dim},)"
+                    if self.text is not None else f"classes {self.num_classes or 0}"),
                  f"training step: batch {c.data.batch_size}, {flops:.4g} FLOPs (XLA cost analysis, per step)",
                  f"parameters: {count}"]
         return "\n".join(lines)

@@ -93,7 +93,7 @@ def sample_and_report(run, workdir, step, state, data, key, drawn=None, png_name
     """Draw ``sample.num_samples`` samples with ``run.draw_samples`` (or use ``drawn`` = (samples, nfe)), write
     ``samples/<png_name>`` (default ``sample_path(workdir, step)``) and return the quality metrics.
     Logs one line: step, metric, NFE and the file written."""
-    config, num_classes = run.config, run.num_classes
+    config, num_classes = run.config, run.sample_groups
     num = config.sample.num_samples
     if drawn is None:
         drawn = run.draw_samples(state, key, num)
