@@ -82,44 +82,68 @@ def _listing(names) -> str:
     return ", ".join(names[:_SHOWN]) + more
 
 
-def convert_state_dict(state: dict[str, np.ndarray], expected, source: str = "state dict") -> dict:
-    """Flax ``{"params": …}`` tree of float32 numpy arrays from a diffusers state dict.
+def path_to_torch_key(path: tuple[str, ...]) -> str:
+    """Inverse of the renaming: ``("decoder", "up_blocks_1", "resnets_0", "norm1", "scale")`` →
+    ``"decoder.up_blocks.1.resnets.0.norm1.weight"``."""
+    *module, leaf = path
+    parts = [re.sub(r"_(\d+)$", r".\1", p) for p in module]
+    return ".".join([*parts, "weight" if leaf in ("kernel", "scale") else leaf])
 
-    ``expected``: the parameter tree the module wants (``jax.eval_shape(module.init, …)``: shapes only), with or
-    without the outer ``"params"``. Raises ``ValueError`` naming the missing, unexpected and mis-shaped tensors.
+
+def _torch_shape(path, flax_shape) -> tuple[int, ...]:
+    if path[-1] == "kernel" and len(flax_shape) == 4:
+        kh, kw, i, o = flax_shape
+        return (o, i, kh, kw)
+    if path[-1] == "kernel" and len(flax_shape) == 2:
+        return tuple(reversed(flax_shape))
+    return tuple(flax_shape)
+
+
+def match_state_dict(state: dict[str, np.ndarray], expected, source: str = "state dict") -> dict:
+    """Check a diffusers state dict against the parameter tree ``expected`` (shapes only, e.g. from
+    ``jax.eval_shape(module.init, …)``, with or without the outer ``"params"``) and return ``{path: (key, array)}``
+    with every array in Flax layout (a transposed view: nothing is copied).
+
+    Raises ``ValueError`` naming the missing, unexpected, mis-shaped and non-floating-point tensors.
     """
     want = expected["params"] if "params" in expected else expected
     want_flat = {p: tuple(v.shape) for p, v in _flatten(want).items()}
-    got: dict[tuple[str, ...], np.ndarray] = {}
-    origin: dict[tuple[str, ...], str] = {}
+    got: dict[tuple[str, ...], tuple[str, np.ndarray]] = {}
     for key, value in state.items():
         path, array = _leaf(torch_key_to_path(key), np.asarray(value))
         if path in got:
-            raise ValueError(f"{source}: {key} and {origin[path]} both give parameter {'/'.join(path)}")
-        got[path], origin[path] = array, key
+            raise ValueError(f"{source}: {key} and {got[path][0]} both give parameter {path_to_torch_key(path)}")
+        got[path] = (key, array)
     missing = want_flat.keys() - got.keys()
     unexpected = got.keys() - want_flat.keys()
-    misshaped = [p for p in want_flat.keys() & got.keys() if got[p].shape != want_flat[p]]
+    misshaped = sorted(p for p in want_flat.keys() & got.keys() if got[p][1].shape != want_flat[p])
+    not_float = sorted(p for p in got if not np.issubdtype(got[p][1].dtype, np.floating))
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing: {_listing('/'.join(p) for p in missing)}")
+        problems.append(f"{len(missing)} missing: {_listing(path_to_torch_key(p) for p in missing)}")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_listing(origin[p] for p in unexpected)}")
+        problems.append(f"{len(unexpected)} unexpected: {_listing(got[p][0] for p in unexpected)}")
     if misshaped:
-        shown = sorted(misshaped)[:_SHOWN]
-        problems.append(f"{len(misshaped)} with the wrong shape: "
-                        + ", ".join(f"{origin[p]} {got[p].shape} (expected {want_flat[p]} after transposing)"
-                                    for p in shown))
+        problems.append(f"{len(misshaped)} with the wrong shape: " + ", ".join(
+            f"{got[p][0]} {tuple(np.shape(state[got[p][0]]))} (expected {_torch_shape(p, want_flat[p])})"
+            for p in misshaped[:_SHOWN]))
+    if not_float:
+        problems.append(f"{len(not_float)} not floating point: "
+                        + ", ".join(f"{got[p][0]} ({got[p][1].dtype})" for p in not_float[:_SHOWN]))
     if problems:
         raise ValueError(f"{source} does not match the configured autoencoder: " + "; ".join(problems)
                          + ". Is config.json the one saved with these weights?")
+    return got
+
+
+def convert_state_dict(state: dict[str, np.ndarray], expected, source: str = "state dict") -> dict:
+    """Flax ``{"params": …}`` tree of float32 numpy arrays from a diffusers state dict (:func:`match_state_dict`
+    checks it first)."""
     params: dict = {}
-    for path, array in got.items():
+    for path, (_, array) in match_state_dict(state, expected, source).items():
         node = params
         for part in path[:-1]:
             node = node.setdefault(part, {})
-        if not np.issubdtype(array.dtype, np.floating):
-            raise ValueError(f"{source}: {origin[path]} has dtype {array.dtype}, expected floating point")
         node[path[-1]] = np.ascontiguousarray(array, dtype=np.float32)
     return {"params": params}
 
