@@ -18,7 +18,8 @@ Writes, under tests/data/:
   from diffusers' ``DiagonalGaussianDistribution`` (its clamp to [−30, 20]); ``params_<name>``: diffusers'
   parameter counts of the two small models and of the full-size configs read from
   ``flowgen/autoencoders/configs/{sd_vae_ft_mse,sd3_vae}.json`` (instantiated with random weights, nothing
-  downloaded); ``versions``: torch and diffusers versions.
+  downloaded); ``keys_<full-size name>``: its state dict's keys and shapes, ``"<key>:<d0>,<d1>,…"`` (PyTorch
+  layout); ``versions``: torch and diffusers versions.
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def main():
         cfg = {k: v for k, v in json.loads((CONFIGS / f"{name}.json").read_text()).items() if not k.startswith("_")}
         vae = AutoencoderKL(**cfg)
         out[f"params_{name}"] = np.int64(sum(p.numel() for p in vae.parameters()))
+        out[f"keys_{name}"] = np.array([f"{k}:{','.join(map(str, t.shape))}" for k, t in vae.state_dict().items()])
         print(f"{name}: {out[f'params_{name}']:,} parameters (diffusers)")
     path = out_dir / "autoencoder_reference.npz"
     np.savez_compressed(path, **out)
