@@ -118,8 +118,13 @@ def main():
     gflop_per_image = float(flops.get("flops", 0.0)) / args.batch / 1e9
     if worker:
         err = lambda a, b: float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
-        agreement = {"mean": err(mean, np.load(os.path.join(tmp.name, "torch_mean.npy"))),
-                     "std": err(std, np.load(os.path.join(tmp.name, "torch_std.npy")))}
+        torch_mean, torch_std = (np.load(os.path.join(tmp.name, f"torch_{k}.npy")) for k in ("mean", "std"))
+        # the sums say which side changed if two runs ever disagree (both sides are deterministic run to run)
+        agreement = {"mean": err(mean, torch_mean), "std": err(std, torch_std),
+                     "sums": {"jax_mean": float(np.sum(mean, dtype=np.float64)),
+                              "jax_std": float(np.sum(std, dtype=np.float64)),
+                              "torch_mean": float(np.sum(torch_mean, dtype=np.float64)),
+                              "torch_std": float(np.sum(torch_std, dtype=np.float64))}}
 
     jax_s, torch_s = [], []
     for _ in range(args.rounds):
