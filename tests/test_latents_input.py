@@ -1,17 +1,20 @@
 """``data.name = "latents"``: batches are scaled posterior draws (mean + std·ε − shift)·scale of the stored rows, of
 either flip copy, with their labels; a batch is a pure function of (seed, step) split exactly over processes, so a
 resumed run reads the same batches; bad options are refused by name; and a run trains on latents through the real
-command line."""
+command line, its samples decoded by the dataset's autoencoder (and refused, before anything is written, without it)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 import pytest
 
+from flowgen import autoencoders
 from flowgen import main as cli_main
 from flowgen.latents import encode, open_latents
+from flowgen.latents.decode import to_uint8
 from flowgen.train import config as config_lib
 from flowgen.train.latent_input import LatentInput
 
@@ -20,12 +23,30 @@ pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarni
 
 
 @pytest.fixture(scope="module")
-def latents(tmp_path_factory):
+def ae_copy(tmp_path_factory):
+    """A copy of the test autoencoder that tests may take away (as on a machine without it)."""
+    folder = tmp_path_factory.mktemp("ae") / "autoencoder_sd_small"
+    shutil.copytree(AE, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory, ae_copy):
     root = tmp_path_factory.mktemp("latents")
     out = root / "digits16"
-    encode.encode_dataset(str(out), dataset="flowgen_digits", autoencoder=AE, resolution=16, num_images=32,
-                          chunk=32, micro_batch=8, data_dir=str(root / "tfds"))
+    encode.encode_dataset(str(out), dataset="flowgen_digits", autoencoder=str(ae_copy), resolution=16,
+                          num_images=32, chunk=32, micro_batch=8, data_dir=str(root / "tfds"))
     return str(out)
+
+
+def _cli(args, capsys):
+    code = cli_main.cli(["flowgen", *args])
+    return code, capsys.readouterr().err
+
+
+TRAIN = ["--config=configs/toy2d_rf.py:small", "--config.data.name=latents", "--config.model.num_classes=10",
+         "--config.data.batch_size=16", "--config.train.num_steps=6", "--config.train.sample_every=6",
+         "--config.sample.num_samples=20"]
 
 
 def _data(batch_size=16, mock=False, **kwargs):
@@ -88,15 +109,35 @@ def test_declared_shape_must_match_the_dataset(latents):
         config_lib.latents_header(_data(dir=latents, shape=(8, 8, 4)))
 
 
-def test_a_run_trains_on_latents_through_the_command_line(latents, tmp_path, capsys):
+def test_a_run_trains_on_latents_and_samples_decoded_images(latents, ae_copy, tmp_path, capsys):
     workdir = tmp_path / "w"
-    code = cli_main.cli(["flowgen", "--config=configs/toy2d_rf.py:small", "--config.data.name=latents",
-                         f"--config.data.kwargs.dir={latents}", "--config.model.num_classes=10",
-                         "--config.data.batch_size=16", "--config.train.num_steps=6", "--config.train.sample_every=6",
-                         "--config.sample.num_samples=20", f"--workdir={workdir}"])
-    err = capsys.readouterr().err
+    train = [*TRAIN, f"--config.data.kwargs.dir={latents}", f"--workdir={workdir}"]
+    code, err = _cli(train, capsys)
     assert code == 0, err
     lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in lines if "loss" in x]
     assert losses and all(np.isfinite(losses))
-    assert json.loads((workdir / "config.json").read_text())["data"]["kwargs"]["dir"] == latents
+    assert (workdir / "samples" / "step_0000006.png").exists()
+
+    code, err = _cli([*train, "--mode=sample"], capsys)
+    assert code == 0, err
+    (npz,) = (workdir / "samples").glob("sample_step*.npz")
+    with np.load(npz) as f:
+        samples, images = f["samples"], f["images"]
+    assert samples.shape == (20, 4, 4, 4) and images.shape == (20, 16, 16, 3) and images.dtype == np.uint8
+    vae = autoencoders.from_pretrained(str(ae_copy))
+    want = to_uint8(vae.decode(samples / 0.18215))                   # SD: unscale = z / 0.18215, no shift
+    assert np.abs(images.astype(int) - want).max() <= 1 and np.mean(images != want) < 0.01
+
+    moved = ae_copy.with_name("elsewhere")                              # a machine without the autoencoder
+    ae_copy.rename(moved)
+    try:
+        before = sorted(p.name for p in (workdir / "samples").iterdir())
+        code, err = _cli([*train, "--mode=sample", "--config.sample.num_steps=3"], capsys)
+        assert code == 2 and "autoencoder 'autoencoder_sd_small'" in err and "hf download" in err, err
+        assert sorted(p.name for p in (workdir / "samples").iterdir()) == before
+        code, err = _cli([*train[:-1], f"--workdir={tmp_path / 'w2'}"], capsys)
+        assert code == 2 and "autoencoder 'autoencoder_sd_small'" in err, err
+        assert not any(p.is_file() for p in (tmp_path / "w2").rglob("*"))      # nothing written
+    finally:
+        moved.rename(ae_copy)
