@@ -145,3 +145,19 @@ def test_adm_centre_crop_halves_with_a_box_filter_then_cuts_the_centre():
     out = adm_center_crop(wide, 20)
     assert out.shape == (20, 20, 1) and out.dtype == np.uint8
     assert adm_center_crop(wide[:, 10:40], 30).tolist() == wide[:, 10:40].tolist()   # already the size: unchanged
+
+
+def test_four_devices_in_a_subprocess_write_the_same_bytes(reference, data_dir, tmp_path):
+    """The command as a user runs it, on 4 forced CPU devices: every chunk split over them, the same bits."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": str(repo)}
+    out = tmp_path / "four"
+    cmd = [sys.executable, "-m", "flowgen.latents", f"--out={out}", "--dataset=flowgen_digits", f"--autoencoder={AE}",
+           "--resolution=16", f"--num_images={N}", "--chunk=8", "--micro_batch=4", f"--data_dir={data_dir}"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _bytes(out) == _bytes(reference)
