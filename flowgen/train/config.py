@@ -148,6 +148,10 @@ PAIRS = "pairs"
 #: The options of ``data.kwargs`` for a pairs file: the file, and the size up to which it is held on the devices
 #: (``flowgen.train.input.pairs_input``).
 PAIRS_OPTIONS = ("file", "device_max_mb")
+#: ``data.name`` of a latent dataset (``python -m flowgen.latents``; ``data.kwargs.dir``). With ``data.mock`` its
+#: shape is declared instead (``data.kwargs.shape`` (h, w, Z), ``data.kwargs.num_classes``): seeded random latents.
+LATENTS = "latents"
+LATENTS_OPTIONS = ("dir", "shape", "num_classes")
 #: ``data.name`` of a folder of precomputed text embeddings (``flowgen.data.text``; ``data.data_dir``).
 TEXT_FOLDER = "text_embeddings"
 TEXT_FOLDER_KWARGS = ("shape", "context_len", "context_dim", "pooled_dim")
@@ -166,8 +170,37 @@ def check_pairs_options(data) -> None:
                          "devices; larger sets are fed from the host)")
 
 
+def latents_header(data) -> dict:
+    """What a run needs of a latent dataset, from its ``provenance.json`` (``latent_shape``, ``num_classes``,
+    ``scaling_factor``, ``shift_factor``, ``autoencoder``) or, with ``data.mock``, from ``data.kwargs``; every
+    option checked (ValueError naming it and the valid ones)."""
+    kwargs = _kwargs(data.kwargs)
+    unknown = sorted(set(kwargs) - set(LATENTS_OPTIONS))
+    if unknown:
+        raise ValueError(f"data.kwargs.{unknown[0]}: not an option of data.name={LATENTS!r}; valid: "
+                         f"{', '.join(LATENTS_OPTIONS)}")
+    if not data.get("mock", False):
+        from flowgen.latents.store import read_header
+
+        header = read_header(kwargs.get("dir", ""))
+        found = {"shape": list(header["latent_shape"]), "num_classes": int(header["num_classes"] or 0)}
+        for key in ("shape", "num_classes"):       # declared (for data.mock) and real must agree
+            if key in kwargs and (list(kwargs[key]) if key == "shape" else kwargs[key]) != found[key]:
+                raise ValueError(f"data.kwargs.{key}={kwargs[key]!r} but the latent dataset {kwargs['dir']!r} has "
+                                 f"{key} {found[key]!r}")
+        return header
+    shape, classes = tuple(kwargs.get("shape", ())), kwargs.get("num_classes", 0)
+    if len(shape) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in shape) or \
+            isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
+        raise ValueError(f"data.name={LATENTS!r} with data.mock=True declares data.kwargs.shape (h, w, Z: 3 integers "
+                         f">= 1) and data.kwargs.num_classes (an integer >= 0); got {kwargs}")
+    return {"latent_shape": list(shape), "num_classes": classes, "scaling_factor": 1.0, "shift_factor": None,
+            "mock": True}
+
+
 def dataset_names() -> tuple[list[str], list[str]]:
-    """(toy sets, image datasets) that ``data.name`` may be (besides ``"pairs"`` and ``"text_embeddings"``)."""
+    """(toy sets, image datasets) that ``data.name`` may be (besides ``"pairs"``, ``"latents"`` and
+    ``"text_embeddings"``)."""
     from flowgen.data import pipeline, toy
 
     return sorted(toy.TOY_DATASETS), sorted(pipeline.IMAGE_DATASETS)
@@ -175,11 +208,12 @@ def dataset_names() -> tuple[list[str], list[str]]:
 
 def check_dataset_name(name) -> None:
     toys, images = dataset_names()
-    if name not in toys and name not in images and name not in (PAIRS, TEXT_FOLDER):
-        hint = difflib.get_close_matches(str(name), toys + images + [PAIRS, TEXT_FOLDER], n=1)
+    if name not in toys and name not in images and name not in (PAIRS, LATENTS, TEXT_FOLDER):
+        hint = difflib.get_close_matches(str(name), toys + images + [PAIRS, LATENTS, TEXT_FOLDER], n=1)
         raise ValueError(f"data.name={name!r} is not a dataset{f' (did you mean {hint[0]!r}?)' if hint else ''}. "
                          f"Toy sets (sampled on the fly): {', '.join(toys)}; image datasets (TFDS): "
                          f"{', '.join(images)}; {PAIRS!r} (a file of (x_data, noise) pairs, data.kwargs.file); "
+                         f"{LATENTS!r} (a latent dataset of python -m flowgen.latents, data.kwargs.dir); "
                          f"{TEXT_FOLDER!r} (images or latents with precomputed text embeddings, data.data_dir)")
 
 
@@ -236,6 +270,8 @@ def dataset_num_classes(data) -> int:
         return pairs_num_classes(_kwargs(data.kwargs).get("file", ""))
     if data.name == TEXT_FOLDER:
         return 0
+    if data.name == LATENTS:
+        return int(latents_header(data)["num_classes"] or 0)
     return pipeline.dataset_spec(data.name).num_classes or 0
 
 
@@ -251,6 +287,8 @@ def element_shape(data) -> tuple[int, ...]:
         return pairs_element_shape(_kwargs(data.kwargs).get("file", ""))
     if data.name == TEXT_FOLDER:
         return _text_folder_kwargs(data)["shape"]
+    if data.name == LATENTS:
+        return tuple(latents_header(data)["latent_shape"])
     from flowgen.data import pipeline
 
     return tuple(pipeline.dataset_spec(data.name).image_shape)
@@ -345,6 +383,8 @@ def validate(config, pairs_pending: bool = False) -> None:
     check_dataset_name(config.data.name)
     if config.data.name == PAIRS:
         check_pairs_options(config.data)
+    if config.data.name == LATENTS:
+        latents_header(config.data)
     _choice(config.model.name, tuple(networks.NETWORKS), "model.name")
     _choice(config.model.dtype, DTYPES, "model.dtype")
     from flowgen.paths.precond import PRECONDITIONINGS

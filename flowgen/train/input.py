@@ -111,6 +111,34 @@ class PairsInput:
         return _pairs_reference(self._x, n, seed)
 
 
+def host_share(batch_size: int, shard_index: int | None = None, shard_count: int | None = None) -> slice:
+    """This process's rows of a global batch, [i·B/P, (i+1)·B/P) for process i of P (default: this JAX process of
+    all); ValueError if B does not split evenly."""
+    shard_index = jax.process_index() if shard_index is None else shard_index
+    shard_count = jax.process_count() if shard_count is None else shard_count
+    if not 0 <= shard_index < shard_count or batch_size % shard_count:
+        raise ValueError(f"data.batch_size={batch_size} must split evenly over {shard_count} processes "
+                         f"(shard {shard_index})")
+    local = batch_size // shard_count
+    return slice(shard_index * local, (shard_index + 1) * local)
+
+
+def host_program(fn):
+    """``fn(step, ...)`` (a jittable function of int32 scalars) compiled for the host CPU, called with Python ints
+    and returning numpy: host inputs draw their per-step randomness with it, the same bits on any backend."""
+    try:
+        device = jax.devices("cpu")[0]
+    except RuntimeError:                  # no CPU backend (JAX_PLATFORMS without cpu): the default device
+        device = None
+    compiled = jax.jit(fn)
+
+    def call(*ints: int):
+        args = [jnp.asarray(i, jnp.int32) if device is None else jax.device_put(np.int32(i), device) for i in ints]
+        return jax.tree.map(np.asarray, compiled(*args))
+
+    return call
+
+
 class HostPairsInput:
     """A pairs file too large for the devices, memory-mapped on the host (``flowgen.data.pairs.open_pairs``): global
     batch ``step`` is the same rows ``pair_indices(seed, step, B, N)`` as ``PairsInput``'s (computed on the host CPU),
@@ -124,29 +152,18 @@ class HostPairsInput:
                  shard_count: int | None = None):
         from flowgen.data.pairs import open_pairs
 
-        shard_index = jax.process_index() if shard_index is None else shard_index
-        shard_count = jax.process_count() if shard_count is None else shard_count
-        if not 0 <= shard_index < shard_count or batch_size % shard_count:
-            raise ValueError(f"data.batch_size={batch_size} must split evenly over {shard_count} processes "
-                             f"(shard {shard_index})")
+        self._rows = host_share(batch_size, shard_index, shard_count)
         arrays = open_pairs(file)
         self.seed, self.batch_size = seed, batch_size
         self._x, self._noise, self._label = arrays["x_data"], arrays["noise"], arrays.get("label")
         self.element_shape = tuple(self._x.shape[1:])
         self.num_classes = int(np.max(self._label)) + 1 if self._label is not None else 0
-        local = batch_size // shard_count
-        self._rows = slice(shard_index * local, (shard_index + 1) * local)
-        try:
-            self._device = jax.devices("cpu")[0]
-        except RuntimeError:              # no CPU backend (JAX_PLATFORMS without cpu): the default device
-            self._device = None
-        self._indices = jax.jit(lambda step: pair_indices(seed, step, batch_size, len(self._x)))
+        self._indices = host_program(lambda step: pair_indices(seed, step, batch_size, len(self._x)))
         self.step = 0
 
     def indices(self, step: int) -> np.ndarray:
         """This process's rows of global batch ``step``."""
-        step = jnp.asarray(step, jnp.int32) if self._device is None else jax.device_put(np.int32(step), self._device)
-        return np.asarray(self._indices(step))[self._rows]
+        return self._indices(step)[self._rows]
 
     def next(self) -> dict:
         idx = self.indices(self.step)
@@ -264,6 +281,10 @@ def make_input(data_cfg, seed: int):
             raise ValueError(f"data.captions={data_cfg.captions!r}: toy sets are drawn on the device; captions "
                              "apply to image datasets")
         return ToyInput(name, seed, data_cfg.batch_size, kwargs)
+    if name == config_lib.LATENTS:
+        from flowgen.train.latent_input import LatentInput
+
+        return LatentInput(data_cfg, seed)
     if name == "pairs":
         return pairs_input(kwargs.get("file", ""), seed, data_cfg.batch_size,
                            kwargs.get("device_max_mb", PAIRS_DEVICE_MAX_MB))

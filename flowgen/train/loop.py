@@ -88,6 +88,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, restart: bool = Fa
         resume.check_workdir(config, workdir, checkpointer)
         done = resume.finished(config, workdir, checkpointer)
         run = Run.from_config(config) if done is None else None
+        if run is not None and config.train.sample_every:
+            _ = run.decoder              # a latent run's autoencoder is needed for its sample grids: fail now
     except BaseException:
         checkpointer.close()
         raise

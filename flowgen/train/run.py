@@ -7,7 +7,8 @@ It holds the one device mesh, the path, the source of x₀, the training method 
 network and its two apply functions, the optimiser and its schedule, the EMA decays, the run's three keys (init,
 train, sample), the sharded abstract train state and the text conditioning, if any (``flowgen.data.text``). It
 knows which parameters sample (``sampling_params``: the slowest EMA by default) and how (``draw_samples``: the
-method's sampler, with measured NFE, conditioned as ``sample_conditioning`` says). Nothing here reads the data set
+method's sampler, with measured NFE, conditioned as ``sample_conditioning`` says) and, for a run on latents, how
+samples become images (``images``: decoded by the dataset's autoencoder). Nothing here reads the data set
 (except the few captions a text_embeddings folder's samples are drawn with) or touches the workdir; ``make_input``
 opens the data for training.
 """
@@ -15,6 +16,7 @@ opens the data for training.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any
 
@@ -186,6 +188,23 @@ class Run:
                                      num_steps=s.num_steps, grid=s.grid, cond=cond, guidance=guidance,
                                      null_cond=null_cond)
         return np.asarray(jax.device_get(x)), int(info["nfe"])
+
+    @functools.cached_property
+    def decoder(self):
+        """Latent runs (``data.name = "latents"``): the ``flowgen.latents.decode.LatentDecoder`` of the dataset's
+        autoencoder (loaded on first use; ``AutoencoderMissingError`` naming what to fetch); else None."""
+        from flowgen.latents.decode import run_decoder
+
+        return run_decoder(self.config)
+
+    def images(self, samples: np.ndarray) -> np.ndarray:
+        """Samples as images: decoded for a latent run; mock latents (no autoencoder) show their first 3 channels;
+        others unchanged."""
+        if self.decoder is not None:
+            return self.decoder(samples)
+        if self.config.data.name == config_lib.LATENTS and samples.shape[-1] not in (1, 3):
+            return samples[..., :3]
+        return samples
 
     # ------------------------------------------------------------------------------------------------ describe
     def describe(self) -> str:

@@ -3,6 +3,9 @@
     workdir/samples/sample_step0004000_ema_heun_16steps_uniform_nfe31_g1.5.png   the grid (images) or scatter (2-D)
     workdir/samples/sample_step0004000_ema_heun_16steps_uniform_nfe31_g1.5.npz   samples, nfe, step and the settings
 
+A run on latents (``data.name = "latents"``) stores its model-space latents as ``samples`` and the decoded images as
+``images`` (uint8, what ``python -m flowgen.evals.fid`` reads), and its grid shows the decoded images.
+
 The name holds every setting that changes the samples: the checkpoint step, the parameters (``sample.ema``), the
 solver, its number of steps and its grid, the guidance weight, and the *measured* NFE. Nothing is ever overwritten:
 before any work (restore, compilation, sampling), files of the same settings are looked for (with any NFE, which an
@@ -66,6 +69,7 @@ def sample_from_checkpoint(config, workdir: str | os.PathLike) -> dict:
         resume.check_workdir(config, workdir, checkpointer, training=False)
         _refuse_existing(config, out_dir, latest)
         run = Run.from_config(config)
+        decoder = run.decoder            # a latent run's autoencoder: missing, it fails before anything is drawn
         restored = run.restore(checkpointer)
     finally:
         checkpointer.close()
@@ -82,7 +86,12 @@ def sample_from_checkpoint(config, workdir: str | os.PathLike) -> dict:
     npz = out_dir / (stem + ".npz")
     if jax.process_index() == 0:
         buffer = io.BytesIO()
-        np.savez(buffer, samples=samples, nfe=nfe, step=step, solver=config.sample.solver,
+        extra = {}
+        if decoder is not None:          # a latent run: the decoded images too, uint8 as FID reads them
+            from flowgen.latents.decode import to_uint8
+
+            extra["images"] = to_uint8(run.images(samples))
+        np.savez(buffer, samples=samples, nfe=nfe, step=step, solver=config.sample.solver, **extra,
                  num_steps=config.sample.num_steps, grid=config.sample.grid,
                  guidance=np.nan if config.sample.guidance is None else config.sample.guidance,
                  ema=config.sample.ema)

@@ -126,7 +126,7 @@ def sample_and_report(run, workdir, step, state, data, key, drawn=None, png_name
                     + np.abs(samples.std(axes) - reference.std(axes)).mean())
         metrics = {"sample/pixel_moment_gap": gap, "sample/nfe": nfe}
         if writes:
-            grid, row_labels = image_grid(samples, num_classes or 0)
+            grid, row_labels = image_grid(run.images(samples), num_classes or 0)   # latents: decoded
             guidance = config.sample.guidance
             guided = f", guidance {guidance:g}" if num_classes and guidance is not None else ""
             _save_grid(filename, grid, row_labels, f"step {step}: {config.sample.solver}, NFE {nfe}{guided}")

@@ -1,0 +1,3 @@
+from flowgen.latents.encode import main
+
+raise SystemExit(main())
