@@ -32,7 +32,22 @@ from jax.sharding import PartitionSpec as P
 from flowgen.data import toy
 
 
-class ToyInput:
+class StepState:
+    """The state of an input whose batches are a pure function of the step: ``{"step": n}`` (checkpointed)."""
+
+    step: int = 0
+
+    def advance(self, num_steps: int) -> None:
+        self.step += num_steps
+
+    def get_state(self) -> dict:
+        return {"step": self.step}
+
+    def set_state(self, state: dict) -> None:
+        self.step = int(state["step"])
+
+
+class ToyInput(StepState):
     on_device = True
 
     def __init__(self, name: str, seed: int, batch_size: int, kwargs: dict):
@@ -49,15 +64,6 @@ class ToyInput:
         if not self.labelled:
             return {"x": out}
         return {"x": out[0], "label": out[1].astype(np.int32)}
-
-    def advance(self, num_steps: int) -> None:
-        self.step += num_steps
-
-    def get_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_state(self, state: dict) -> None:
-        self.step = int(state["step"])
 
     def reference(self, n: int, seed: int = 12345) -> np.ndarray:
         return np.asarray(toy.toy_batch(self.name, seed, 0, n, **self.kwargs))
@@ -79,7 +85,7 @@ def _pairs_reference(x, n: int, seed: int) -> np.ndarray:
     return np.asarray(x[np.random.default_rng(seed).permutation(len(x))[:n]], np.float32)
 
 
-class PairsInput:
+class PairsInput(StepState):
     """A pairs file (``flowgen.data.pairs``) held on the devices: batch ``step`` is the rows ``pair_indices(seed,
     step, B, N)``, a pure function of the step like the toy sets (no host work per step; exact resume). For sets up
     to ``PAIRS_DEVICE_MAX_MB`` (they are compiled into the training program as constants)."""
@@ -104,8 +110,6 @@ class PairsInput:
         if self._label is not None:
             out["label"] = jnp.asarray(self._label)[idx]
         return out
-
-    advance, get_state, set_state = ToyInput.advance, ToyInput.get_state, ToyInput.set_state
 
     def reference(self, n: int, seed: int = 12345) -> np.ndarray:
         return _pairs_reference(self._x, n, seed)
@@ -139,7 +143,7 @@ def host_program(fn):
     return call
 
 
-class HostPairsInput:
+class HostPairsInput(StepState):
     """A pairs file too large for the devices, memory-mapped on the host (``flowgen.data.pairs.open_pairs``): global
     batch ``step`` is the same rows ``pair_indices(seed, step, B, N)`` as ``PairsInput``'s (computed on the host CPU),
     and this process reads only its share, rows [i·B/P, (i+1)·B/P) for process i of P (``shard_index``,
@@ -172,12 +176,6 @@ class HostPairsInput:
         if self._label is not None:
             out["label"] = np.asarray(self._label[idx], np.int32)
         return out
-
-    def get_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_state(self, state: dict) -> None:
-        self.step = int(state["step"])
 
     def reference(self, n: int, seed: int = 12345) -> np.ndarray:
         return _pairs_reference(self._x, n, seed)

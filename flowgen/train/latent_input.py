@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from flowgen.train import config as config_lib
-from flowgen.train.input import host_program, host_share, pair_indices
+from flowgen.train.input import StepState, host_program, host_share, pair_indices
 
 MOCK_EXAMPLES = 256
 
@@ -51,7 +51,7 @@ def _draw_program(seed: int, batch_size: int, local: int, shape: tuple):
     return host_program(draw)
 
 
-class LatentInput:
+class LatentInput(StepState):
     """Scaled posterior draws of a latent dataset (see the module docstring); the ``input.py`` interface."""
 
     on_device = False
@@ -97,12 +97,6 @@ class LatentInput:
         out = self.batch(self.step)
         self.step += 1
         return out
-
-    def get_state(self) -> dict:
-        return {"step": self.step}
-
-    def set_state(self, state: dict) -> None:
-        self.step = int(state["step"])
 
     def reference(self, n: int, seed: int = 12345) -> np.ndarray:
         """n scaled posterior means (unflipped copies) of rows drawn without replacement by ``seed``."""
