@@ -81,7 +81,7 @@ class Method:
         ``solver`` cannot take these settings; config validation calls it, so a run fails before it trains."""
 
     def sample(self, apply, params, noise, *, key, solver: str, num_steps: int, grid: str = "uniform",
-               cond=None, guidance=None, null_cond=None):
+               cond=None, guidance=None, null_cond=None, solver_options=None):
         """Integrate from ``σ(t₀)·noise`` (noise drawn from the source) with one of ``fg.sample``'s solvers."""
         import flowgen as fg
 
@@ -89,4 +89,4 @@ class Method:
         if guidance is not None:
             kwargs.update(guidance=guidance, null_cond=null_cond)
         return fg.sample(apply, self.path, target=self.prediction, solver=solver, num_steps=num_steps, grid=grid,
-                         key=key, noise=noise, params=params, **kwargs)
+                         key=key, noise=noise, params=params, solver_options=solver_options, **kwargs)

@@ -301,12 +301,12 @@ class ConsistencyModel(FlowMatching):
             raise ValueError(f"sample.guidance={guidance!r}: sampler 'consistency' samples unguided (leave it None)")
 
     def sample(self, apply, params, noise, *, key, solver: str, num_steps: int, grid: str = "uniform",
-               cond=None, guidance=None, null_cond=None):
+               cond=None, guidance=None, null_cond=None, solver_options=None):
         """The consistency sampler if ``solver`` is "consistency", else ``fg.sample``'s ``solver`` on F_θ as the
         trig path's v-prediction (see the module docstring: exact at 1 "ddim" step only)."""
         if solver not in self.samplers:
             return super().sample(apply, params, noise, key=key, solver=solver, num_steps=num_steps, grid=grid,
-                                  cond=cond, guidance=guidance, null_cond=null_cond)
+                                  cond=cond, guidance=guidance, null_cond=null_cond, solver_options=solver_options)
         self.check_sampler(solver, num_steps, grid, guidance)
         if key is None:
             if num_steps > 1:

@@ -51,13 +51,13 @@ class OneStepDistillation(FlowMatching):
                              "trained at the start time only); set sample.num_steps=1")
 
     def sample(self, apply, params, noise, *, key, solver: str, num_steps: int, grid: str = "uniform",
-               cond=None, guidance=None, null_cond=None):
+               cond=None, guidance=None, null_cond=None, solver_options=None):
         """``one_step``: one Euler step over the whole interval (1 NFE); any other name: ``fg.sample``'s solver."""
         if solver in self.samplers:
             self.check_sampler(solver, num_steps, grid, guidance)
-            solver, grid = "euler", "uniform"
+            solver, grid, solver_options = "euler", "uniform", None
         return super().sample(apply, params, noise, key=key, solver=solver, num_steps=num_steps, grid=grid,
-                              cond=cond, guidance=guidance, null_cond=null_cond)
+                              cond=cond, guidance=guidance, null_cond=null_cond, solver_options=solver_options)
 
     def make_loss(self, apply):
         couple = get_coupling(self.coupling)

@@ -88,7 +88,7 @@ class JumpMethod(FlowMatching):
         return cache[apply]
 
     def sample(self, apply, params, noise, *, key, solver: str, num_steps: int, grid: str = "uniform",
-               cond=None, guidance=None, null_cond=None):
+               cond=None, guidance=None, null_cond=None, solver_options=None):
         """The method's own jump sampler if ``solver`` is in ``samplers`` (``num_steps`` jumps on a uniform grid;
         ``grid`` must be "uniform"), else ``fg.sample``'s ``solver`` on the network at extra time 0."""
         if solver not in self.samplers:
@@ -98,7 +98,8 @@ class JumpMethod(FlowMatching):
             if guidance is not None:
                 kwargs.update(guidance=guidance, null_cond=null_cond)
             return fg.sample(self.solver_model(apply), self.path, target="velocity", solver=solver,
-                             num_steps=num_steps, grid=grid, key=key, noise=noise, params=params, **kwargs)
+                             num_steps=num_steps, grid=grid, key=key, noise=noise, params=params,
+                             solver_options=solver_options, **kwargs)
         self.check_sampler(solver, num_steps, grid, guidance)
         if guidance is not None and (cond is None or null_cond is None):
             raise ValueError("classifier-free guidance needs cond=... and null_cond=... (the unconditional label)")

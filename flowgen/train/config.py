@@ -96,6 +96,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.sample = ml_collections.ConfigDict()
     c.sample.solver = "heun"
+    # Options of an fg.sample solver (its constructor's keywords, e.g. {"eta": 1.0} for "ddim" = DDPM's ancestral
+    # sampler, {"diffusion": "sigma"} for "euler_maruyama"); {} for its defaults. Method samplers take none.
+    c.sample.solver_options = ml_collections.ConfigDict()
     c.sample.num_steps = 32
     c.sample.grid = "uniform"
     c.sample.num_samples = 1024
@@ -343,6 +346,7 @@ def upgrade(config) -> ml_collections.ConfigDict:
     for key in ("method", "source"):
         d.setdefault(key, defaults[key])
     d.setdefault("data", {}).setdefault("captions", defaults["data"]["captions"])
+    d.setdefault("sample", {}).setdefault("solver_options", defaults["sample"]["solver_options"])
     return ml_collections.ConfigDict(d)
 
 
@@ -403,6 +407,7 @@ def validate(config, pairs_pending: bool = False) -> None:
     _choice(config.optim.schedule, optim.SCHEDULES, "optim.schedule")
     _choice(config.sample.solver, (*solvers_lib.SOLVERS, *_method_samplers(config)), "sample.solver")
     _choice(config.sample.grid, GRIDS, "sample.grid")
+    check_solver_options(config)
     precond = PRECONDITIONINGS[config.model.precond]
     if precond is not None and config.loss.target != precond.prediction:
         raise ValueError(f"model.precond={config.model.precond!r} predicts {precond.prediction!r}: set "
@@ -455,6 +460,26 @@ def validate(config, pairs_pending: bool = False) -> None:
     valid = ["params"] + (["ema"] + [ema_name(d) for d in decays] if decays else [])
     _choice(config.sample.ema, valid, "sample.ema")
     check_init_from(config)
+
+
+def solver_options(config) -> dict:
+    """``config.sample.solver_options`` as a dict ({} when unset, e.g. in a config saved before it existed)."""
+    return _kwargs(config.sample.get("solver_options", None) or {})
+
+
+def check_solver_options(config) -> None:
+    """``sample.solver_options`` must be keywords of the fg.sample solver ``sample.solver`` with valid values; a
+    method's own sampler takes none (ValueError naming the option and the valid ones)."""
+    opts = solver_options(config)
+    if config.sample.solver in solvers_lib.SOLVERS:
+        try:
+            solvers_lib.get(config.sample.solver, **opts)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"sample.solver_options={opts!r} for sample.solver={config.sample.solver!r}: "
+                             f"{e}") from None
+    elif opts:
+        raise ValueError(f"sample.solver_options={opts!r}: sample.solver={config.sample.solver!r} is the method's "
+                         "own sampler and takes no options; leave sample.solver_options empty")
 
 
 def check_init_from(config) -> None:

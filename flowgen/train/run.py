@@ -186,7 +186,7 @@ class Run:
         guidance = s.guidance if cond is not None else None
         x, info = self.method.sample(self.sample_apply, chosen, noise, key=k_sample, solver=s.solver,
                                      num_steps=s.num_steps, grid=s.grid, cond=cond, guidance=guidance,
-                                     null_cond=null_cond)
+                                     null_cond=null_cond, solver_options=config_lib.solver_options(self.config))
         return np.asarray(jax.device_get(x)), int(info["nfe"])
 
     @functools.cached_property

@@ -41,7 +41,8 @@ def sample_stem(config, step: int, nfe: int | str) -> str:
     guidance) and the measured NFE."""
     s = config.sample
     guidance = "none" if s.guidance is None else f"{s.guidance:g}"
-    return f"sample_step{step:07d}_{s.ema}_{s.solver}_{s.num_steps}steps_{s.grid}_nfe{nfe}_g{guidance}"
+    opts = "".join(f"_{k}-{v}" for k, v in sorted(config_lib.solver_options(config).items()))   # e.g. _eta-1.0
+    return f"sample_step{step:07d}_{s.ema}_{s.solver}{opts}_{s.num_steps}steps_{s.grid}_nfe{nfe}_g{guidance}"
 
 
 def _refuse_existing(config, out_dir: epath.Path, step: int) -> None:
