@@ -13,7 +13,10 @@ Data:
 - pairs files (reflow, distillation) are made by a teacher: the tests write mock pairs of the shape of the config
   module's ``PAIRS_OF`` data set (random values, like TFDS's mock data) and point ``data.kwargs.file`` at them.
 - a folder of precomputed text embeddings (``text_embeddings``, e.g. SD3's latents and captions) is mocked for full
-  variants (``data.mock``: seeded random arrays of the declared shapes).
+  variants (``data.mock``: seeded random arrays of the declared shapes);
+- a latent dataset (``latents``, e.g. ImageNet's sd-vae-ft-mse latents) is mocked the same way: small variants switch
+  ``data.mock`` on themselves (seeded random latents of their declared ``data.kwargs.shape``), full variants get it
+  here, with the shape and class count they declare for the real folder.
 
 XLA's optimisation passes are switched off while these tests run (``jax_disable_most_optimizations``): compiling the
 32×32 U-Net's init and train step dominates a smoke run and takes half as long without them. The computation is the
@@ -69,6 +72,8 @@ def data_kind(config) -> str:
         return "pairs"
     if name == config_lib.TEXT_FOLDER:
         return "text_folder"
+    if name == config_lib.LATENTS:
+        return "latents"
     if pipeline.dataset_spec(name).tfds_name == digits.NAME:
         return "digits"
     return "catalogue"
@@ -78,7 +83,7 @@ def element_shape(module, config) -> tuple[int, ...]:
     kind = data_kind(config)
     if kind == "toy":
         return (2,)
-    if kind == "text_folder":
+    if kind in ("text_folder", "latents"):
         return config_lib.element_shape(config.data)
     return tuple(pipeline.dataset_spec(module.PAIRS_OF if kind == "pairs" else config.data.name).image_shape)
 
@@ -100,7 +105,7 @@ def with_data(module, config, fn, data_dir):
     """``fn()`` with the config's data reachable: a shared digits data_dir, TFDS mock data for the catalogue, mock
     pairs for a pairs file, mock arrays for a text_embeddings folder."""
     kind = data_kind(config)
-    if kind == "text_folder":
+    if kind in ("text_folder", "latents"):
         config.data.mock = True
         return fn()
     if kind == "pairs":
@@ -163,14 +168,17 @@ def test_configs_are_discovered():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_small_variant_needs_no_download(path):
     """The README's smoke command (``--config=configs/<name>.py:small``) runs on a fresh machine: a small variant of
-    a catalogue dataset reads TFDS's mock data; the full variants read the real files. A pairs config names the
-    command that makes its pairs (``python -m flowgen.reflow``)."""
+    a catalogue dataset reads TFDS's mock data, of a latent dataset seeded mock latents; the full variants read the
+    real files. A pairs config names the command that makes its pairs (``python -m flowgen.reflow``), a latent
+    config the one that encodes its data set (``python -m flowgen.latents``)."""
     module, _ = load_config(path, "")
     for variant in variants(module):
         _, config = load_config(path, variant)
-        assert config.data.mock == (is_small(variant) and data_kind(config) == "catalogue"), variant
+        assert config.data.mock == (is_small(variant) and data_kind(config) in ("catalogue", "latents")), variant
         if data_kind(config) == "pairs":
             assert "python -m flowgen.reflow" in module.__doc__ and module.PAIRS_OF in pipeline.IMAGE_DATASETS
+        if data_kind(config) == "latents":
+            assert "python -m flowgen.latents" in module.__doc__
 
 
 @pytest.mark.parametrize("path, variant", _variant_params(small=True))
@@ -217,6 +225,8 @@ def test_full_variant_validates_and_builds(path, variant, data_dir):
     module, config = load_config(path, variant)
     if data_kind(config) == "pairs":
         mock_pairs(module, config, data_dir)
+    if data_kind(config) == "latents":
+        config.data.mock = True      # the declared shape and classes stand in for the folder's provenance.json
     config.train.init_from = ""      # a recipe's teacher workdir (the warm start itself: tests/test_pairs_input.py)
     config_lib.validate(config)
     shape = element_shape(module, config)
