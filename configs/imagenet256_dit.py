@@ -33,7 +33,8 @@ Commands (paths are examples):
     # 3. 50k decoded samples at guidance 1.5, then FID against ADM's ImageNet-256 reference batch
     python -m flowgen.main --config=configs/imagenet256_dit.py --workdir=workdirs/imagenet256_dit --mode=sample \\
         --config.sample.num_samples=50000
-    python -m flowgen.evals.fid ...        # on the .npz's uint8 images (docs/evaluation.md)
+    python -m flowgen.evals.fid workdirs/imagenet256_dit/samples/sample_step7000000_*.npz REFERENCE.npz
+    # REFERENCE: ImageNet-256 reference images made by the same ADM crop, or their statistics (docs/evaluation.md)
 
 ``--mode=describe --config.data.mock=True`` counts the network without the encoded data (shape declared).
 Variant ``small``: mock latents, a tiny DiT, 2 steps (``configs/_imagenet256.py``).

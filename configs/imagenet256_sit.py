@@ -10,8 +10,9 @@ time: t = 0 noise) with the velocity target, t uniform on [0, 1]; 7M training st
 compared with; not re-read in the paper here). Sampling as the SiT code's SDE defaults: Euler–Maruyama, 250 steps,
 w(t) = σ(t) with norm 1 (``sample.solver_options = {"diffusion": "sigma"}``; in flowgen's drift
 α̇·x̂ + (σ̇ − ½·w/σ)·ε̂ with σ = 1 − t, the same coefficient as SiT's w_t = σ_t in its reversed time), no noise on the
-last step, guidance 1.5. The deterministic alternative is ``--config.sample.solver=heun`` (or ``dopri5``, the SiT
-code's ODE default) with ``--config.sample.solver_options={}``; its published number is not restated here.
+last step, guidance 1.5. The deterministic alternative is
+``--config.sample.solver=heun --config.sample.solver_options={}`` (or ``dopri5``, the SiT code's ODE default); its
+published number is not restated here.
 
 Network: 674.8 M parameters (the same DiT-XL/2 as ``imagenet256_dit.py``); the SiT code prints 675,129,632 for the
 same two reasons stated there: its ``learn_sigma=True`` final layer keeps 8 output channels and discards the last 4
