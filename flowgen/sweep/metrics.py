@@ -7,6 +7,10 @@ statistics (described in words for the results table) and its floor (the value r
     metric.reference         # "train split (1500 digits): 64-D pixel mean and covariance"
 
 Adding a metric is one class and one entry in ``METRICS``; ``check_fits`` is what the sweep's config check calls.
+
+A model trained on latents (``data.name = "latents"``) has two data: its own (the latents) and the image dataset its
+decoded samples belong to. ``scored_data`` is the one rule of which a metric scores: image metrics the decoded images,
+context metrics (``needs_context``: the model's own ODE) the latents.
 """
 
 from __future__ import annotations
@@ -349,12 +353,22 @@ def score(metric: Metric, samples, context) -> float:
     return metric(samples, context) if metric.needs_context else metric(samples)
 
 
-def check_fits(metric: str, data_name: str, model: str) -> None:
-    """ValueError unless ``metric`` exists, is available and fits the data of ``model``."""
+def scored_data(metric: str, data_name: str, decoded_data: str | None = None) -> str:
+    """The data ``metric`` scores for a model of ``data_name`` whose samples decode to images of ``decoded_data``
+    (a latent model; None: no decoder): the decoded images for an image metric, the model's own samples for a
+    context metric (``needs_context``) and for every metric of a model without a decoder."""
+    cls = METRICS.get(metric)
+    return decoded_data if decoded_data is not None and cls is not None and not cls.needs_context else data_name
+
+
+def check_fits(metric: str, data_name: str, model: str, decoded_data: str | None = None) -> None:
+    """ValueError unless ``metric`` exists, is available and fits the data it scores of ``model``
+    (``scored_data``: a latent model's image metrics score its decoded images of ``decoded_data``)."""
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid metrics: {', '.join(METRICS)}")
-    cls = METRICS[metric]
-    if not cls.fits(data_name):
-        fitting = [name for name, c in METRICS.items() if c.fits(data_name)]
-        raise ValueError(f"metric {metric!r} does not fit the data {data_name!r} of model {model!r}; metrics for "
-                         f"{data_name!r}: {', '.join(fitting) or 'none'}")
+    data = scored_data(metric, data_name, decoded_data)
+    if not METRICS[metric].fits(data):
+        fitting = [name for name in METRICS if METRICS[name].fits(scored_data(name, data_name, decoded_data))]
+        what = f"{data!r} (its {data_name} decoded)" if data != data_name else repr(data)
+        raise ValueError(f"metric {metric!r} does not fit the data {what} of model {model!r}; metrics for "
+                         f"{what}: {', '.join(fitting) or 'none'}")

@@ -28,6 +28,19 @@ MARKERS = "osD^vP*Xh<>p"
 LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
 
 
+def scored_data(name: str, row: dict) -> str:
+    """The data metric ``name`` scores for a row's model (``metrics.scored_data``: a latent model's image metrics
+    score its decoded images): the second half of the key of ``metrics``."""
+    from flowgen.sweep import metrics
+
+    return metrics.scored_data(name, row["data"], row.get("decoded_data"))
+
+
+def metric_of(metrics: dict, name: str, row: dict):
+    """The Metric ``name`` of a row's model."""
+    return metrics[(name, scored_data(name, row))]
+
+
 def _mean_std(values):
     v = np.array([np.nan if x is None else x for x in values], np.float64)
     if v.size == 0 or not np.all(np.isfinite(v)):
@@ -46,6 +59,7 @@ def aggregate(rows: list[dict], metric_names, knobs: dict | None = None) -> list
     for (_, series, _, _), rs in groups.items():
         first = rs[0]
         agg = {k: first.get(k) for k in CSV_COLUMNS if k in first}
+        agg["decoded_data"] = first.get("decoded_data")
         agg.update(knobs.get(first["model"], {}))
         agg.update(series=series, seeds=len(rs), status=first["status"], options=first["options"] or "")
         if first["status"] == "done":
@@ -139,7 +153,8 @@ def markdown(spec, table: list[dict], metrics: dict, devices: int, failures=()) 
         steps = "; ".join(f"{s}: {','.join(str(r['steps']) for r in rs if r['series'] == s and r['steps'])}"
                           for s in dict.fromkeys(r["series"] for r in rs))
         r0 = rs[0]
-        lines.append(f"| {model} | {r0['data']} | {r0['trained_path']} | {r0['path']} | {r0['target']} | {steps} |")
+        data = r0["data"] if not r0.get("decoded_data") else f"{r0['data']} (decoded: {r0['decoded_data']})"
+        lines.append(f"| {model} | {data} | {r0['trained_path']} | {r0['path']} | {r0['target']} | {steps} |")
     done = [r for r in table if r["status"] == "done"]
     lines += ["", f"Sampling {sum(r['sampling_seconds'] * r['seeds'] for r in done):.1f} s, compilation "
               f"{sum(r['compile_seconds'] for r in done):.1f} s in total (per cell in results.csv).", ""]
@@ -162,8 +177,8 @@ def write_csv(path: str, table: list[dict], spec, metrics: dict) -> None:
         for r in table:
             row = dict(r)
             for n in names:
-                row[f"{n}_floor"] = metrics[(n, r["data"])].floor
-                row[f"{n}_reference"] = metrics[(n, r["data"])].reference
+                row[f"{n}_floor"] = metric_of(metrics, n, r).floor
+                row[f"{n}_reference"] = metric_of(metrics, n, r).reference
             writer.writerow(row)
 
 
@@ -195,7 +210,7 @@ def plot(path: str, name: str, table: list[dict], metrics: dict, layout: str = "
             x, y, e = map(np.array, zip(*pts, strict=True))
             ax.errorbar(x, y, yerr=e, label=model, marker=MARKERS[i % len(MARKERS)],
                         ls=LINESTYLES[i % len(LINESTYLES)], color=colours[i % 10], ms=5, lw=1.3, capsize=3)
-        for data in dict.fromkeys(r["data"] for r in table):
+        for data in dict.fromkeys(scored_data(name, r) for r in table):
             metric = metrics[(name, data)]
             if metric.floor is not None and np.isfinite(metric.floor):
                 ax.axhline(metric.floor, color="0.2", ls=":", lw=1.5, label=f"floor, {data} ({metric.floor_note})")

@@ -10,11 +10,15 @@
    count), then gathered, so every process scores the same samples; process 0 writes the files.
 4. ``results.csv``, ``results.md``, ``nfe_vs_<metric>.png`` and ``samples_<model>.png`` are written from the cells.
 
+A model trained on latents (``data.name = "latents"``): its image metrics and its cells' previews see its samples
+decoded by the latent dataset's autoencoder (``decoder``: ``flowgen.latents.decode.run_decoder``, once per model);
+its context metrics (ode_error, straightness) and its saved samples stay latents.
+
 Multi-process (``--distributed`` or ``--coordinator``, every process running the same command): sample i's noise is
 row i of one draw from the seed, generated where it is used and never depending on the process or device count; the
 cells to run are process 0's choice, broadcast; metrics of the gathered samples (digits-FID's features are again
 sharded over all devices, ``flowgen.evals.sharded``) give every process the same values, equal to one process's
-(``tests/test_evals_layout.py``).
+(``tests/test_evals_layout.py``). Every process decodes the same gathered latents, as it scores them.
 
 Seconds: ``compile_seconds`` is the time JAX reports for tracing, lowering and compiling during the cell's sampler
 call (``jax.monitoring`` events), ``sampling_seconds`` the rest of its wall time.
@@ -339,13 +343,47 @@ def _stochastic(cell: Cell) -> bool:
     return cell.solver.build().stochastic
 
 
+def decoder(m: spec_lib.ModelSpec, cache: dict):
+    """The decoder of latent model ``m`` (``flowgen.latents.decode.run_decoder`` of its training config), built
+    once per model and kept in ``cache``; None for a model without one."""
+    if m.decoded_data is None:
+        return None
+    key = ("decoder", m.name)
+    if key not in cache:
+        from flowgen.latents.decode import run_decoder
+
+        cache[key] = run_decoder(m.data_config)
+    return cache[key]
+
+
+class _Scored:
+    """The samples each metric of model ``m`` scores: the model-space samples ``x``, or (``m.metric_data``) their
+    decoded images, decoded once on first use."""
+
+    def __init__(self, m: spec_lib.ModelSpec, x, cache: dict):
+        self.m, self.x, self.cache, self._images = m, x, cache, None
+
+    @property
+    def images(self):
+        """``x`` decoded (a latent model) or ``x`` itself."""
+        if self._images is None:
+            decode = decoder(self.m, self.cache)
+            self._images = self.x if decode is None else np.asarray(decode(self.x))
+        return self._images
+
+    def __call__(self, metric: str):
+        return self.images if self.m.metric_data(metric) != self.m.data_name else self.x
+
+
 def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: NamedSharding, cache: dict):
     """(record, samples): the cell's JSON record with every metric of ``spec``, and its samples (None if the
-    budget is below the solver's minimum NFE)."""
+    budget is below the solver's minimum NFE). A latent model's image metrics and preview see its decoded samples;
+    the samples returned (saved) stay latents."""
     m = cell.model.spec
     own = cell.solver.own
     solver = None if own else cell.solver.build()
-    record = {"id": cell.id, "model": m.name, "data": m.data_name, "trained_path": repr(m.path),
+    record = {"id": cell.id, "model": m.name, "data": m.data_name,
+              **({} if m.decoded_data is None else {"decoded_data": m.decoded_data}), "trained_path": repr(m.path),
               "path": repr(m.sample_path), "target": m.sample_target, "solver": cell.solver.name,
               "options": dict(cell.solver.options), "series": cell.solver.label,
               "grid": "uniform" if own else budget.grid_name(solver, spec.grid), "nfe_budget": cell.nfe_budget,
@@ -370,11 +408,13 @@ def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: Name
         x, info, compile_seconds, sampling_seconds = generate(cell, spec, steps, sharding)
     grid = np.asarray(info["grid"], np.float64)
     context = CellContext(cell, spec, sharding, float(grid[0]), float(grid[-1]), _stochastic(cell), cache)
+    scored = _Scored(m, x, cache)
     record.update(status="done", steps=steps, nfe=int(info["nfe"]), forward_passes=int(info["forward_passes"]),
                   t_start=float(grid[0]), t_end=float(grid[-1]), compile_seconds=compile_seconds,
                   sampling_seconds=sampling_seconds,
-                  metrics={name: score(metrics[(name, m.data_name)], x, context) for name in spec.metrics},
-                  preview=np.round(x[:PREVIEW].astype(np.float64), 5).tolist())
+                  metrics={name: score(metrics[(name, m.metric_data(name))], scored(name), context)
+                           for name in spec.metrics},
+                  preview=np.round(scored.images[:PREVIEW].astype(np.float64), 5).tolist())
     if record["nfe"] > cell.nfe_budget:
         raise RuntimeError(f"cell {cell.id}: measured NFE {record['nfe']} exceeds the budget {cell.nfe_budget}")
     return record, x
@@ -384,19 +424,23 @@ def add_metrics(record: dict, cell: Cell, spec: spec_lib.SweepSpec, metrics: dic
                 sharding: NamedSharding, cache: dict) -> dict:
     """Fill in metrics the record lacks (added to the config after the cell ran) from its saved samples; each is
     written once as a side file (by process 0), so the cell's own file is never rewritten. Every process of a
-    multi-process job calls it for the same records (scoring may be a collective)."""
+    multi-process job calls it for the same records (scoring may be a collective). A latent model's image metrics
+    score its saved samples decoded."""
+    m, scored = cell.model.spec, None
     for name in spec.metrics:
         if record["status"] != "done" or name in record["metrics"]:
             continue
         side = f"{record['id']}.metric-{name}"
         found = store.read(cells_dir, side)
         if not _agree([found is not None])[0]:
-            samples = store.read_samples(cells_dir, record["id"])
-            if samples is None:
-                raise FileNotFoundError(f"cell {record['id']} has no saved samples to score with {name!r}")
+            if scored is None:
+                samples = store.read_samples(cells_dir, record["id"])
+                if samples is None:
+                    raise FileNotFoundError(f"cell {record['id']} has no saved samples to score with {name!r}")
+                scored = _Scored(m, samples, cache)
             context = CellContext(cell, spec, sharding, record["t_start"], record["t_end"], _stochastic(cell),
                                   cache)
-            found = {"metric": name, "value": score(metrics[(name, record["data"])], samples, context)}
+            found = {"metric": name, "value": score(metrics[(name, m.metric_data(name))], scored(name), context)}
             if _writer():
                 store.write_once(cells_dir, side, found)
                 found = store.read(cells_dir, side)
@@ -508,7 +552,9 @@ class _Progress:
 
 
 def _metrics(spec: spec_lib.SweepSpec) -> dict:
-    return {(name, m.data_name): METRICS[name](m.data_name, spec.num_samples)
+    """{(metric name, the data it scores): Metric}: a latent model's image metrics are keyed by its decoded
+    dataset (``ModelSpec.metric_data``)."""
+    return {(name, m.metric_data(name)): METRICS[name](m.metric_data(name), spec.num_samples)
             for m in spec.models for name in spec.metrics}
 
 

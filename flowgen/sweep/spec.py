@@ -30,7 +30,9 @@
     nfe          NFE budgets; each cell runs the most steps whose measured NFE fits the budget
     guidance     (None,) or weights w for classifier-free guidance (conditional models only; None = no guidance)
     seeds        one noise draw per seed (shared by every solver and budget: common random numbers)
-    metrics      names in ``flowgen.sweep.metrics.METRICS`` (each must fit every model's data)
+    metrics      names in ``flowgen.sweep.metrics.METRICS`` (each must fit every model's data; for a model trained
+                 on latents, image metrics fit the image dataset its decoded samples belong to, context metrics
+                 such as ode_error its latents: ``metrics.scored_data``)
     num_samples  samples per cell and seed
     grid         "" (each solver's default) or a grid kind
     dtype        "float32" (default) or "float64" (the noise and the sampling; e.g. to resolve ODE errors below 1e-6)
@@ -53,7 +55,7 @@ import ml_collections
 
 import flowgen as fg
 from flowgen.sweep import budget
-from flowgen.sweep.metrics import check_fits
+from flowgen.sweep.metrics import check_fits, scored_data
 
 KEYS = ("models", "solvers", "nfe", "guidance", "seeds", "metrics", "num_samples", "grid", "skip_unreachable",
         "title", "dtype", "ablation", "launcher", "plot_layout")
@@ -118,6 +120,13 @@ class ModelSpec:
     teacher: object = None          # the ModelSpec whose pairs it trains on (reflow, distillation), or None
     pairs: tuple[tuple[str, object], ...] = ()      # the pair generation settings (``PAIRS``)
     text: object = None             # flowgen.data.text.TextConditioning of a text-conditioned model, else None
+    decoded_data: str | None = None  # a latent model's image dataset (provenance source.dataset), else None
+    data_config: object = None      # the training config whose data it names (a latent model's decoder reads it)
+
+    def metric_data(self, metric: str) -> str:
+        """The data ``metric`` scores for this model (``metrics.scored_data``): a latent model's image metrics
+        score its decoded images, its context metrics the latents."""
+        return scored_data(metric, self.data_name, self.decoded_data)
 
     @property
     def transformed(self) -> bool:
@@ -322,7 +331,7 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
         if bad:
             raise ValueError(f"model {name!r}: unknown pairs settings {bad}; valid: {', '.join(PAIRS)}")
         pairs = tuple(sorted({**PAIRS, **given}.items()))
-    method = None
+    method, data_config, decoded = None, None, None
     if kind == "analytic":
         from flowgen.data import toy
 
@@ -362,6 +371,7 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
         num_classes = data_config.model.num_classes or None
         text = config_lib.text_conditioning(data_config.data)
         method = config_lib.build_method(cfg)
+        decoded = decoded_data(data_config)
         path, target = method.path, method.prediction
     sample_path, t_start, t_end = path, None, None
     if entry.get("sample_path"):
@@ -378,7 +388,18 @@ def _model_spec(name: str, entry: dict) -> ModelSpec:
     if solvers and any(x.own for x in solvers) and sample_path is not path:
         raise ValueError(f"model {name!r}: sample_path applies to fg.sample's solvers, not to a method's own sampler")
     return ModelSpec(name, kind, source, params, data, shape, num_classes, path, target, sample_path,
-                     sample_target, t_start, t_end, knobs, method, solvers, teacher, pairs, text)
+                     sample_target, t_start, t_end, knobs, method, solvers, teacher, pairs, text, decoded,
+                     data_config)
+
+
+def decoded_data(config) -> str | None:
+    """The image dataset a run on latents decodes to (its provenance's ``source.dataset``); None for other data
+    and for mock latents (``flowgen.latents.decode.run_decoder`` gives no decoder either)."""
+    from flowgen.train import config as config_lib
+
+    if config.data.name != config_lib.LATENTS or config.data.get("mock", False):
+        return None
+    return config_lib.latents_header(config.data)["source"]["dataset"]
 
 
 def _ints(values, key: str, minimum: int) -> tuple[int, ...]:
@@ -461,7 +482,7 @@ def parse(config) -> SweepSpec:
     metrics = tuple(c["metrics"])
     for m in models:
         for metric in metrics:
-            check_fits(metric, m.data_name, m.name)
+            check_fits(metric, m.data_name, m.name, m.decoded_data)
         if m.num_classes is None and m.text is None and any(w is not None for w in guidance):
             raise ValueError(f"guidance {[w for w in guidance if w is not None]} given, but model {m.name!r} is "
                              "unconditional; use guidance=(None,)")
