@@ -198,12 +198,12 @@ class Run:
         return run_decoder(self.config)
 
     def images(self, samples: np.ndarray) -> np.ndarray:
-        """Samples as images: decoded for a latent run; mock latents (no autoencoder) show their first 3 channels;
-        others unchanged."""
+        """Samples as images: decoded for a latent run; mock latents (no autoencoder) show their first 3 channels
+        (their first, when they have 2); others unchanged."""
         if self.decoder is not None:
             return self.decoder(samples)
         if self.config.data.name == config_lib.LATENTS and samples.shape[-1] not in (1, 3):
-            return samples[..., :3]
+            return samples[..., :3] if samples.shape[-1] > 3 else samples[..., :1]
         return samples
 
     # ------------------------------------------------------------------------------------------------ describe
