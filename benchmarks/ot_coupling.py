@@ -96,7 +96,9 @@ def main(argv=None):
     p.add_argument("--batches", default="128,512,1024")
     p.add_argument("--steps", default="400,60,20", help="flowgen/torchcfm steps per run at each batch size")
     p.add_argument("--auction-steps", default="100,10,10", help="steps of the (slower) auction runs (≥ 2 calls)")
-    p.add_argument("--solvers", default="emd,scipy,auction", help="flowgen's assignment solvers to run")
+    p.add_argument("--solvers", default="emd,emd+host2,scipy,auction",
+                   help="flowgen's assignment solvers to run; SOLVER+hostN: solved on the host ahead of the step in "
+                        "N threads (coupling_options.host_threads)")
     p.add_argument("--steps-per-call", type=int, default=5)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--assign-reps", type=int, default=5)
@@ -112,16 +114,17 @@ def main(argv=None):
     peak = [matmul_peak_gflops()]
     print(f"{now_utc()} load {load():.2f} matmul peak {peak[0]:.0f} GFLOP/s", flush=True)
     solvers = a.solvers.split(",")
-    assign = assignment_times(batches, solvers, a.assign_reps)
+    bare = list(dict.fromkeys(s.partition("+host")[0] for s in solvers))     # the assignment solvers themselves
+    assign = assignment_times(batches, bare, a.assign_reps)
     result["assignment_s"] = assign
     print("\nAssignment alone (median of interleaved calls, ms; excess total cost over scipy's optimum):\n")
-    print(markdown_table(["batch", *(f"{s} ms" for s in solvers), *(f"{s} excess" for s in solvers), "load"],
-                         [[b, *(1e3 * v[s] for s in solvers), *(f"{v[s + ' excess']:.1e}" for s in solvers),
+    print(markdown_table(["batch", *(f"{s} ms" for s in bare), *(f"{s} excess" for s in bare), "load"],
+                         [[b, *(1e3 * v[s] for s in bare), *(f"{v[s + ' excess']:.1e}" for s in bare),
                            v["load"]] for b, v in assign.items()]))
 
     if not a.skip_training:
         contenders = {f"flowgen {s}": (lambda b, s=s: flowgen_rate(
-            s, b, (auction_steps if s == "auction" else steps)[b], a.steps_per_call)) for s in solvers}
+            s, b, (auction_steps if s.startswith("auction") else steps)[b], a.steps_per_call)) for s in solvers}
         if a.torch_python:
             for threads in (1, 2):
                 contenders[f"torchcfm {threads}t"] = (

@@ -152,6 +152,9 @@ def auction_assignment(cost_int: jax.Array, theta: int = 4, chunk: int = 8) -> j
     return jax.lax.while_loop(lambda c: c[1] > 0, scaling_body, init)[2]
 
 
+#: The host solvers, on numpy: cost (B, B) float64 → permutation (B,) int32 (``MinibatchOT.host_permutation``).
+HOST_PERMUTATIONS = {"emd": emd_permutation, "scipy": scipy_permutation}
+
 #: The exact assignment solvers of ``MinibatchOT`` (``solver=``): cost (B, B) float → permutation (B,) int32.
 ASSIGNMENT_SOLVERS = {
     "emd": emd_assignment,
@@ -191,16 +194,46 @@ class MinibatchOT(Coupling):
                  accelerator is never left waiting for the host), optimal for the costs rounded to 2²⁸/(B + 1)
                  levels (``integer_costs``); on a CPU many times slower than the host solvers, whose sequential
                  bid rounds dominate.
-    The host solvers make every step wait for the host; on a GPU/TPU prefer "auction" (not measured on one yet)."""
+    The host solvers inside the step make every step wait for the host; on a GPU/TPU prefer "auction" (not
+    measured on one yet) or ``host_threads``.
+
+    ``host_threads`` > 0 (host solvers only): the assignment leaves the compiled step. The training input
+    (``flowgen.train.coupled_input.HostCoupledInput``) draws each batch's noise on the host and solves its assignment
+    in that many threads, several batches ahead (POT and scipy release the GIL, so they run in parallel with each
+    other and with the device), and the step reads the paired ``batch["noise"]``. The same exact pairs, solved per
+    process on its share of the batch."""
 
     name: ClassVar[str] = "ot"
     solver: str = "emd"
+    host_threads: int = 0
 
     def __post_init__(self):
         if self.solver not in ASSIGNMENT_SOLVERS:
             raise ValueError(f"ot: solver={self.solver!r} is not one of: {', '.join(ASSIGNMENT_SOLVERS)}")
+        if isinstance(self.host_threads, bool) or not isinstance(self.host_threads, int) or self.host_threads < 0:
+            raise ValueError(f"ot: host_threads={self.host_threads!r} must be an integer >= 0 (0: solve inside the "
+                             "step)")
+        if self.host_threads and self.solver not in HOST_PERMUTATIONS:
+            raise ValueError(f"ot: host_threads={self.host_threads} needs a host solver: solver one of "
+                             f"{', '.join(HOST_PERMUTATIONS)}, not {self.solver!r}")
+
+    @property
+    def pairs_on_host(self) -> bool:
+        """True if the training input pairs the noise (``host_permutation``) and the step reads ``batch["noise"]``."""
+        return self.host_threads > 0
+
+    def host_permutation(self, x_data: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """The optimal assignment (B,) of host arrays: ``noise[perm]`` pairs with ``x_data``."""
+        a, b = x_data.reshape(len(x_data), -1).astype(np.float64), noise.reshape(len(noise), -1).astype(np.float64)
+        cost = np.sum(a**2, 1)[:, None] + np.sum(b**2, 1)[None, :] - 2.0 * a @ b.T
+        return HOST_PERMUTATIONS[self.solver](cost)
 
     def __call__(self, key, x_data, batch, source=GAUSSIAN):
+        if self.pairs_on_host:
+            if "noise" not in batch:
+                raise ValueError("coupling 'ot' with host_threads > 0 reads batch['noise'] paired by the training "
+                                 "input (flowgen.train.coupled_input); this batch has none")
+            return x_data, batch["noise"].astype(x_data.dtype)
         noise = source.sample(key, x_data.shape, x_data.dtype)
         perm = ASSIGNMENT_SOLVERS[self.solver](jax.lax.stop_gradient(squared_cost(x_data, noise)))
         return x_data, noise[perm]

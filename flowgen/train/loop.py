@@ -146,6 +146,8 @@ def train_and_evaluate(config, workdir: str | os.PathLike, *, restart: bool = Fa
     finally:  # also on an error (sampling, a non-finite loss, Ctrl-C): pending saves land on disk
         checkpointer.close()
         writer.close()
+        if hasattr(data, "close"):             # an input with worker threads (HostCoupledInput)
+            data.close()
     if preemption.requested and step < tc.num_steps:
         raise Preempted(step, tc.num_steps)
     return progress.last

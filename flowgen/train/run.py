@@ -27,6 +27,7 @@ import numpy as np
 
 from flowgen import methods as methods_lib
 from flowgen import sources as sources_lib
+from flowgen.couplings import get_coupling
 from flowgen.train import config as config_lib
 from flowgen.train import sharding as sharding_lib
 from flowgen.train.model import build_network, make_apply_fns
@@ -141,7 +142,13 @@ class Run:
         """The training data (opens the data set: image sets must be prepared, see ``--mode=prepare``)."""
         from flowgen.train import input as input_lib
 
-        return input_lib.make_input(self.config.data, self.config.seed)
+        data = input_lib.make_input(self.config.data, self.config.seed)
+        coupling = get_coupling(self.config.loss.coupling, **_kwargs(self.config.loss.coupling_options))
+        if getattr(coupling, "pairs_on_host", False):   # e.g. minibatch OT solved on the host ahead of the step
+            from flowgen.train.coupled_input import HostCoupledInput
+
+            return HostCoupledInput(data, coupling, self.source, self.config.seed, self.config.data.batch_size)
+        return data
 
     def loss_fn(self):
         """``loss(params, state, batch, key) -> (loss, aux)`` of the run's method."""
