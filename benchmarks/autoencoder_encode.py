@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import subprocess
 import sys
@@ -96,10 +95,8 @@ def main():
     worker, torch_info, agreement = None, None, None
     if args.torch_python:
         np.save(os.path.join(tmp.name, "images.npy"), images)
-        worker = subprocess.Popen([args.torch_python, "-c", TORCH_WORKER, str(config_path), tmp.name,
-                                   os.path.join(tmp.name, "images.npy")], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        torch_info = json.loads(worker.stdout.readline())
+        worker, torch_info = common.start_worker(args.torch_python, TORCH_WORKER, str(config_path), tmp.name,
+                                                 os.path.join(tmp.name, "images.npy"))
         vae = autoencoders.from_pretrained(tmp.name)
     else:                                             # random weights of the same architecture
         cfg = autoencoders.config_from_dict(autoencoders.full_size_config(args.config))
@@ -126,16 +123,7 @@ def main():
                               "torch_mean": float(np.sum(torch_mean, dtype=np.float64)),
                               "torch_std": float(np.sum(torch_std, dtype=np.float64))}}
 
-    jax_s, torch_s = [], []
-    for _ in range(args.rounds):
-        jax_s.append(common.time_call(run_jax))
-        if worker:
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-            torch_s.append(float(worker.stdout.readline()))
-    if worker:
-        worker.stdin.close()
-        worker.wait(timeout=60)
+    jax_s, torch_s = common.interleaved_rounds(run_jax, worker, args.rounds)
     tmp.cleanup()
 
     gflops = common.matmul_peak_gflops()

@@ -1,4 +1,5 @@
-"""Shared helpers for the benchmark scripts: timing, environment record, Markdown tables, JSON output."""
+"""Shared helpers for the benchmark scripts: timing, side-by-side rounds with a worker subprocess, environment record,
+Markdown tables, JSON output."""
 
 from __future__ import annotations
 
@@ -48,6 +49,36 @@ def matmul_peak_gflops() -> float:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
+
+
+def start_worker(python: str, script: str, *args: str) -> tuple[subprocess.Popen, dict]:
+    """Start ``python -c script *args``, a worker timing the other side of a comparison (e.g. PyTorch, which is no
+    flowgen dependency), and wait until it is ready; returns the process and the JSON line it printed.
+
+    The worker's protocol: once warmed up it prints one JSON line (what it runs: versions, threads); then, for every
+    line it reads on stdin, it runs once and prints the seconds that took; it exits when stdin is closed.
+    """
+    worker = subprocess.Popen([python, "-c", script, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    return worker, json.loads(worker.stdout.readline())
+
+
+def interleaved_rounds(run: Callable[[], object], worker: subprocess.Popen | None,
+                       rounds: int) -> tuple[list[float], list[float]]:
+    """Seconds of ``rounds`` rounds alternating one call of ``run`` (``time_call``) and one run of ``worker`` (see
+    ``start_worker``), so a shared machine's drift hits both alike; then closes the worker. Without a worker: ``run``
+    alone, and the second list is empty."""
+    run_s, worker_s = [], []
+    for _ in range(rounds):
+        run_s.append(time_call(run))
+        if worker:
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+            worker_s.append(float(worker.stdout.readline()))
+    if worker:
+        worker.stdin.close()
+        worker.wait(timeout=60)
+    return run_s, worker_s
 
 
 def environment() -> dict:

@@ -15,9 +15,7 @@ Writes ``results/benchmarks/fid_inception-<UTC time>.json`` (never overwrites); 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import time
 
@@ -71,21 +69,10 @@ def main():
     if args.torch_python:
         tmp = os.path.join(os.path.dirname(weights), f"bench_images_{os.getpid()}.npy")
         np.save(tmp, images)
-        worker = subprocess.Popen([args.torch_python, "-c", TORCH_WORKER, weights, tmp], stdin=subprocess.PIPE,
-                                  stdout=subprocess.PIPE, text=True)
-        torch_info = json.loads(worker.stdout.readline())
+        worker, torch_info = common.start_worker(args.torch_python, TORCH_WORKER, weights, tmp)
         os.remove(tmp)
 
-    jax_s, torch_s = [], []
-    for _ in range(args.rounds):
-        jax_s.append(common.time_call(run_jax))
-        if worker:
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-            torch_s.append(float(worker.stdout.readline()))
-    if worker:
-        worker.stdin.close()
-        worker.wait(timeout=60)
+    jax_s, torch_s = common.interleaved_rounds(run_jax, worker, args.rounds)
 
     gflops = common.matmul_peak_gflops()
     jax_ips = args.batch / common.median(jax_s)

@@ -65,6 +65,17 @@ def base(variant: str = ""):
     return c
 
 
+def dit_steps(c, variant: str = "") -> None:
+    """DiT's and SiT's step counts: 7M training steps (DiT-XL/2's longest run) and 250 sampling steps on a uniform
+    grid; for ``variant="small"`` 2 and 4 (as ``shrink``). The solver is each recipe's own."""
+    c.train.num_steps = 7_000_000
+    c.sample.num_steps = 250
+    c.sample.grid = "uniform"
+    if variant == "small":
+        c.train.num_steps = 2
+        c.sample.num_steps = 4
+
+
 def shrink(c) -> None:
     """Smoke-test size: mock latents 8×8×4 in 10 classes, a tiny DiT, 2 steps."""
     c.data.mock = True

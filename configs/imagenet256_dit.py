@@ -52,12 +52,7 @@ def get_config(variant: str = ""):
     c.loss.target = "noise"
     c.loss.weighting = "snr"                 # DDPM's L_simple, uniform in noise space
     c.loss.time_sampler = "uniform"
-    c.train.num_steps = 7_000_000
     c.sample.solver = "ddim"
     c.sample.solver_options = {"eta": 1.0}   # DDPM's ancestral sampler (posterior variance β̃)
-    c.sample.num_steps = 250
-    c.sample.grid = "uniform"
-    if variant == "small":
-        c.train.num_steps = 2
-        c.sample.num_steps = 4
+    _base.dit_steps(c, variant)              # 7M training steps, 250 sampling steps on a uniform grid
     return c

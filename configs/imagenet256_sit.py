@@ -43,12 +43,7 @@ def get_config(variant: str = ""):
     c.path.name = "linear"
     c.loss.target = "velocity"
     c.loss.time_sampler = "uniform"
-    c.train.num_steps = 7_000_000
     c.sample.solver = "euler_maruyama"
     c.sample.solver_options = {"diffusion": "sigma", "diffusion_scale": 1.0}
-    c.sample.num_steps = 250
-    c.sample.grid = "uniform"
-    if variant == "small":
-        c.train.num_steps = 2
-        c.sample.num_steps = 4
+    _base.dit_steps(c, variant)              # 7M training steps, 250 sampling steps on a uniform grid
     return c

@@ -16,6 +16,21 @@ def release_compiled_programs():
     gc.collect()
 
 
+@pytest.fixture(scope="module")
+def fast_compiles():
+    """XLA's optimisation passes off while a test module runs (in it: ``pytestmark =
+    pytest.mark.usefixtures("fast_compiles")``): the same computation, quicker compiles. A JAX without the flag
+    compiles as usual."""
+    flag = "jax_disable_most_optimizations"
+    if flag not in jax.config.values:
+        yield
+        return
+    previous = jax.config.values[flag]
+    jax.config.update(flag, True)
+    yield
+    jax.config.update(flag, previous)
+
+
 @pytest.fixture
 def x64():
     with jax.enable_x64(True):

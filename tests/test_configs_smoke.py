@@ -46,6 +46,7 @@ from flowgen.train.run import Run
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(p for p in CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
 MOCK_EXAMPLES = 64  # records per split of a mocked catalogue dataset (>= any small variant's batch and sample count)
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tests/conftest.py: XLA optimisations off
 
 
 def load_config(path: Path, variant: str = ""):
@@ -142,18 +143,6 @@ def _variant_params(small: bool):
             ident = path.stem if variant in ("", "small") else f"{path.stem}:{variant}"
             params.append(pytest.param(path, variant, id=ident, marks=[pytest.mark.slow] if slow else []))
     return params
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_compiles():
-    flag = "jax_disable_most_optimizations"
-    if flag not in jax.config.values:  # a JAX without the flag: compile as usual
-        yield
-        return
-    previous = jax.config.values[flag]
-    jax.config.update(flag, True)
-    yield
-    jax.config.update(flag, previous)
 
 
 @pytest.fixture(scope="module")

@@ -14,19 +14,7 @@ from flowgen.train.run import Run
 from flowgen.train.sample_mode import sample_stem
 
 DIT_CODE_XL2 = 675_129_632    # "DiT Parameters: 675,129,632", printed by the DiT code for DiT-XL/2 at 256×256
-
-
-@pytest.fixture(autouse=True, scope="module")
-def fast_compiles():
-    """XLA's optimisation passes off (as in tests/test_configs_smoke.py): same computation, quicker compiles."""
-    flag = "jax_disable_most_optimizations"
-    if flag not in jax.config.values:
-        yield
-        return
-    previous = jax.config.values[flag]
-    jax.config.update(flag, True)
-    yield
-    jax.config.update(flag, previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")   # tests/conftest.py: XLA optimisations off, quicker compiles
 
 
 def recipe(name: str, variant: str = ""):

@@ -78,6 +78,33 @@ def _is_int(v) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
+# Option checks shared by DiT and MMDiT; ``owner`` (the class name) prefixes each message. Three functions, not one,
+# so that each class keeps the order in which it checks (the first invalid option is the one reported).
+def check_sizes(owner: str, module, names=("hidden", "depth", "num_heads", "patch_size")) -> None:
+    """Each of ``names`` an integer >= 1, num_heads dividing hidden (the message lists the valid num_heads), hidden
+    divisible by 4 (the 2-D sin-cos positional embedding)."""
+    for name in names:
+        value = getattr(module, name)
+        if not (_is_int(value) and value >= 1):
+            raise ValueError(f"{owner}: {name} must be an integer >= 1; got {value!r}")
+    if module.hidden % module.num_heads:
+        divisors = [k for k in range(1, module.hidden + 1) if module.hidden % k == 0]
+        raise ValueError(f"{owner}: num_heads={module.num_heads} must divide hidden={module.hidden}; valid num_heads: "
+                         f"{divisors}")
+    if module.hidden % 4:
+        raise ValueError(f"{owner}: hidden={module.hidden} must be divisible by 4 (2-D sin-cos positional embedding)")
+
+
+def check_mlp_ratio(owner: str, mlp_ratio) -> None:
+    if not (isinstance(mlp_ratio, (int, float)) and mlp_ratio > 0):
+        raise ValueError(f"{owner}: mlp_ratio must be a positive number; got {mlp_ratio!r}")
+
+
+def check_time_embedding(owner: str, time_embedding) -> None:
+    if time_embedding not in EMBEDDINGS:
+        raise ValueError(f"{owner}: unknown time_embedding {time_embedding!r}; valid: {', '.join(EMBEDDINGS)}")
+
+
 def dit_param_count(hidden: int, depth: int, patch_size: int, in_channels: int, num_classes: int | None = None,
                     mlp_ratio: float = 4.0, learn_sigma: bool = False) -> int:
     """Parameters of ``DiT(hidden, depth, ·, patch_size, num_classes)`` on inputs with ``in_channels`` channels.
@@ -211,22 +238,11 @@ class DiT(nn.Module):
     extra_times: tuple[str, ...] = ()   # further time-like inputs (e.g. ("r",)), given as times={name: (batch,)}
 
     def __post_init__(self):
-        for name in ("hidden", "depth", "num_heads", "patch_size"):
-            value = getattr(self, name)
-            if not (_is_int(value) and value >= 1):
-                raise ValueError(f"DiT: {name} must be an integer >= 1; got {value!r}")
-        if self.hidden % self.num_heads:
-            divisors = [k for k in range(1, self.hidden + 1) if self.hidden % k == 0]
-            raise ValueError(f"DiT: num_heads={self.num_heads} must divide hidden={self.hidden}; valid num_heads: "
-                             f"{divisors}")
-        if self.hidden % 4:
-            raise ValueError(f"DiT: hidden={self.hidden} must be divisible by 4 (2-D sin-cos positional embedding)")
-        if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
-            raise ValueError(f"DiT: mlp_ratio must be a positive number; got {self.mlp_ratio!r}")
+        check_sizes("DiT", self)
+        check_mlp_ratio("DiT", self.mlp_ratio)
         if self.num_classes is not None and not (_is_int(self.num_classes) and self.num_classes >= 1):
             raise ValueError(f"DiT: num_classes must be None or an integer >= 1; got {self.num_classes!r}")
-        if self.time_embedding not in EMBEDDINGS:
-            raise ValueError(f"DiT: unknown time_embedding {self.time_embedding!r}; valid: {', '.join(EMBEDDINGS)}")
+        check_time_embedding("DiT", self.time_embedding)
         super().__post_init__()
 
     @property

@@ -66,8 +66,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from flowgen.networks.dit import FREQ_DIM, XAVIER, ZEROS, FinalLayer, _is_int, _layer_norm, _modulate, _sincos_1d
-from flowgen.networks.embeddings import EMBEDDINGS, TimestepEmbedder, embed_extra_times
+from flowgen.networks.dit import (
+    FREQ_DIM,
+    XAVIER,
+    ZEROS,
+    FinalLayer,
+    _layer_norm,
+    _modulate,
+    _sincos_1d,
+    check_mlp_ratio,
+    check_sizes,
+    check_time_embedding,
+)
+from flowgen.networks.embeddings import TimestepEmbedder, embed_extra_times
 
 QK_NORMS = (None, "rms_norm")
 COND_KEYS = ("context", "pooled")
@@ -211,27 +222,16 @@ class MMDiT(nn.Module):
     extra_times: tuple[str, ...] = ()
 
     def __post_init__(self):
-        for name in ("hidden", "depth", "num_heads", "patch_size", "sample_size", "pos_embed_max_size"):
-            value = getattr(self, name)
-            if not (_is_int(value) and value >= 1):
-                raise ValueError(f"MMDiT: {name} must be an integer >= 1; got {value!r}")
-        if self.hidden % self.num_heads:
-            divisors = [k for k in range(1, self.hidden + 1) if self.hidden % k == 0]
-            raise ValueError(f"MMDiT: num_heads={self.num_heads} must divide hidden={self.hidden}; valid num_heads: "
-                             f"{divisors}")
-        if self.hidden % 4:
-            raise ValueError(f"MMDiT: hidden={self.hidden} must be divisible by 4 (2-D sin-cos positional embedding)")
+        check_sizes("MMDiT", self, ("hidden", "depth", "num_heads", "patch_size", "sample_size", "pos_embed_max_size"))
         if self.sample_size < self.patch_size:
             raise ValueError(f"MMDiT: sample_size={self.sample_size} must be >= patch_size={self.patch_size}")
-        if not (isinstance(self.mlp_ratio, (int, float)) and self.mlp_ratio > 0):
-            raise ValueError(f"MMDiT: mlp_ratio must be a positive number; got {self.mlp_ratio!r}")
+        check_mlp_ratio("MMDiT", self.mlp_ratio)
         if self.qk_norm not in QK_NORMS:
             raise ValueError(f"MMDiT: unknown qk_norm {self.qk_norm!r}; valid: {', '.join(map(repr, QK_NORMS))}")
         if self.num_classes is not None:
             raise ValueError(f"MMDiT: num_classes={self.num_classes!r}: MM-DiT is conditioned on text embeddings "
                              "(cond={'context', 'pooled'}), not on labels; use num_classes=None (model.num_classes=0)")
-        if self.time_embedding not in EMBEDDINGS:
-            raise ValueError(f"MMDiT: unknown time_embedding {self.time_embedding!r}; valid: {', '.join(EMBEDDINGS)}")
+        check_time_embedding("MMDiT", self.time_embedding)
         super().__post_init__()
 
     @staticmethod
