@@ -4,7 +4,7 @@ samples decoded to images for grids and digits-FID. Unconditional MLP (hidden 51
 batch 128, 1500 steps; samples: Heun, 8 steps (16 NFE), from the EMA. Notebook 6 runs the whole chain and compares
 it with the same recipe in pixel space (variant ``pixel``) at equal NFE.
 
-The latents come from two commands (about 1 minute and 2 seconds on a 2-core CPU), then training (about 30 s)::
+The latents come from two commands (about 80 s and 8 s on a 2-core CPU), then training (about 30 s)::
 
     python -m flowgen.autoencoders.train --dataset flowgen_digits --out results/digits_ae
     python -m flowgen.latents --dataset flowgen_digits --autoencoder results/digits_ae \\

@@ -16,7 +16,7 @@
 #
 # DiT, SiT, MeanFlow and Stable Diffusion 3 do not model pixels: they model the latents of a pretrained
 # autoencoder (Rombach et al. 2022) and decode samples at the end. This notebook runs that whole chain on the
-# embedded 8×8 digits, small enough for a laptop CPU (about 3 minutes): train a KL autoencoder
+# embedded 8×8 digits, small enough for a laptop CPU (about 2 minutes): train a KL autoencoder
 # (8×8×1 → 4×4×2, half as many numbers as pixels), write it as a diffusers folder, encode the digits once into a
 # latent dataset, train rectified flow on the latents, decode the samples and score them with digits-FID beside
 # the same recipe trained on pixels, at the same NFE. The ImageNet-256 recipes do the same with the published
