@@ -66,6 +66,27 @@ def test_resumed_input_continues_exactly():
         np.testing.assert_array_equal(a["noise"], b["noise"])
 
 
+def test_each_process_pairs_its_own_share_optimally():
+    """Two processes (simulated): complementary halves of the same global data and noise, each paired optimally
+    within its half (per-process minibatch OT, as the docstring says)."""
+    coupling = couplings.get_coupling("ot", solver="emd", host_threads=1)
+    whole = _batches(_input(1), 2)
+    halves = []
+    for index in range(2):
+        data = HostCoupledInput(ToyInput("8gaussians", 3, B, {}), coupling, sources.get_source("gaussian"), 3, B,
+                                shard_index=index, shard_count=2)
+        halves.append(_batches(data, 2))
+    for step in range(2):
+        np.testing.assert_array_equal(np.concatenate([h[step]["x"] for h in halves]), whole[step]["x"])
+        all_noise = np.sort(np.concatenate([h[step]["noise"] for h in halves]), axis=0)
+        np.testing.assert_array_equal(all_noise, np.sort(whole[step]["noise"], axis=0))     # the same draws
+        for h in halves:
+            x, noise = h[step]["x"].astype(np.float64), h[step]["noise"].astype(np.float64)
+            cost = ((x[:, None] - noise[None]) ** 2).sum(-1)
+            rows, cols = scipy.optimize.linear_sum_assignment(cost)
+            assert np.trace(cost) == pytest.approx(cost[rows, cols].sum(), rel=1e-12, abs=1e-9)
+
+
 def test_options_are_checked():
     with pytest.raises(ValueError, match="host_threads=2 needs a host solver"):
         couplings.get_coupling("ot", solver="auction", host_threads=2)

@@ -35,10 +35,11 @@ class HostCoupledInput:
 
     on_device = False
 
-    def __init__(self, inner, coupling, source, seed: int, batch_size: int):
+    def __init__(self, inner, coupling, source, seed: int, batch_size: int, shard_index: int | None = None,
+                 shard_count: int | None = None):
         self.inner, self.coupling = inner, coupling
         self.element_shape, self.num_classes = inner.element_shape, inner.num_classes
-        self._rows = host_share(batch_size, None, None)
+        self._rows = host_share(batch_size, shard_index, shard_count)    # default: this JAX process's rows
         shape = (batch_size, *inner.element_shape)
         self._noise = host_program(lambda step: source.sample(
             jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), NOISE_TAG), step), shape, jnp.float32))
