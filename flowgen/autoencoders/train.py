@@ -153,8 +153,8 @@ def _read_images(dataset: str, split: str, data_dir: str | None) -> np.ndarray:
     from flowgen.latents import protocol, sources
 
     source = sources.open_images(dataset, split, data_dir)
-    images = np.stack([protocol.prepare(source.item(i)[0], "stored", np.asarray(source.item(0)[0]).shape[0])
-                       for i in range(len(source))])
+    side = np.asarray(source.item(0)[0]).shape[0]          # "stored": every image must be square at this side
+    images = np.stack([protocol.prepare(source.item(i)[0], "stored", side) for i in range(len(source))])
     return protocol.to_autoencoder_input(images, images.shape[-1])
 
 
