@@ -374,6 +374,13 @@ class _Scored:
     def __call__(self, metric: str):
         return self.images if self.m.metric_data(metric) != self.m.data_name else self.x
 
+    def preview(self, n: int):
+        """The first ``n`` samples as images: decoded (only those ``n`` unless all were decoded for a metric)."""
+        if self._images is not None:
+            return self._images[:n]
+        decode = decoder(self.m, self.cache)
+        return self.x[:n] if decode is None else np.asarray(decode(self.x[:n]))
+
 
 def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: NamedSharding, cache: dict):
     """(record, samples): the cell's JSON record with every metric of ``spec``, and its samples (None if the
@@ -414,7 +421,7 @@ def run_cell(cell: Cell, spec: spec_lib.SweepSpec, metrics: dict, sharding: Name
                   sampling_seconds=sampling_seconds,
                   metrics={name: score(metrics[(name, m.metric_data(name))], scored(name), context)
                            for name in spec.metrics},
-                  preview=np.round(scored.images[:PREVIEW].astype(np.float64), 5).tolist())
+                  preview=np.round(scored.preview(PREVIEW).astype(np.float64), 5).tolist())
     if record["nfe"] > cell.nfe_budget:
         raise RuntimeError(f"cell {cell.id}: measured NFE {record['nfe']} exceeds the budget {cell.nfe_budget}")
     return record, x
