@@ -83,6 +83,19 @@ def test_moons_and_spirals_shapes():
     assert np.abs(spirals).max() < 5.0
 
 
+def test_scurve_has_scikit_learns_moments():
+    """make_s_curve's (x, z) with t uniform on [−3π/2, 3π/2], scaled by 1.5: E x = E z = 0, Var x = 1.5²(1/2 +
+    noise²), Var z = 1.5²(E(cos t − 1)² + noise²) = 1.5²(3/2 + 4/(3π) + noise²) (E cos t = −2/(3π), E cos² t = 1/2
+    on that interval); the noise-free points lie on the curve."""
+    x = np.asarray(toy.toy_batch("scurve", 0, 0, 200_000), np.float64)
+    np.testing.assert_allclose(x.mean(0), 0.0, atol=0.02)
+    np.testing.assert_allclose(x.var(0), [2.25 * (0.5 + 0.0025), 2.25 * (1.5 + 4 / (3 * np.pi) + 0.0025)], rtol=0.02)
+    clean = np.asarray(toy.toy_batch("scurve", 0, 0, 1000, noise=0.0), np.float64) / 1.5
+    t = np.arcsin(np.clip(clean[:, 0], -1, 1))
+    np.testing.assert_allclose(np.abs(clean[:, 1]), 1.0 - np.cos(np.where(np.abs(clean[:, 1]) > 1, np.pi - t, t)),
+                               atol=1e-4)
+
+
 def test_errors():
     with pytest.raises(ValueError, match="moons"):
         toy.toy_batch("nope", 0, 0, 8)

@@ -135,19 +135,35 @@ def test_bad_inputs_raise_at_trace_time():
         with pytest.raises(ValueError, match=msg):
             net.apply(v, *args)             # raised while tracing, before XLA compiles
     for kwargs in (dict(hidden=0), dict(depth=0), dict(num_classes=0), dict(num_classes=2.0),
-                   dict(time_embedding="learned")):
+                   dict(time_embedding="learned"), dict(activation="relu")):
         with pytest.raises(ValueError, match="MLP"):
             MLP(**kwargs)
 
 
-@pytest.mark.parametrize("d, hidden, depth, num_classes",
-                         [(2, 256, 3, None), (2, 256, 3, 10), (5, 64, 1, None), (3, 48, 4, 1)])
-def test_param_count_matches_formula(d, hidden, depth, num_classes):
-    net = MLP(hidden=hidden, depth=depth, num_classes=num_classes)
+@pytest.mark.parametrize("d, hidden, depth, num_classes, time_embedding",
+                         [(2, 256, 3, None, "sinusoidal"), (2, 256, 3, 10, "sinusoidal"), (5, 64, 1, None, "fourier"),
+                          (3, 48, 4, 1, "sinusoidal"), (2, 64, 3, None, "concat"), (3, 32, 2, 4, "concat")])
+def test_param_count_matches_formula(d, hidden, depth, num_classes, time_embedding):
+    net = MLP(hidden=hidden, depth=depth, num_classes=num_classes, time_embedding=time_embedding)
     args = (jnp.zeros((4, d)), jnp.zeros(4)) + ((jnp.zeros(4, jnp.int32),) if num_classes else ())
     shapes = jax.eval_shape(net.init, KEY, *args)
     counted = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
-    assert counted == param_count(d, hidden, depth, num_classes)
+    assert counted == param_count(d, hidden, depth, num_classes, time_embedding)
+
+
+def test_concat_selu_is_torchcfms_2d_network():
+    """time_embedding="concat", activation="selu", 3×64 is torchcfm's ``MLP(dim=2, w=64, time_varying=True)``:
+    Linear(3, 64) SELU Linear(64, 64) SELU Linear(64, 64) SELU Linear(64, 2) on [x, t] — 8,706 parameters; the
+    function is checked against that formula written out with the same weights."""
+    net = MLP(hidden=64, depth=3, time_embedding="concat", activation="selu")
+    x, t = jax.random.normal(KEY, (5, 2)), jnp.linspace(0.0, 1.0, 5)
+    p = net.init(KEY, x, t)["params"]
+    assert sum(leaf.size for leaf in jax.tree.leaves(p)) == 8706
+    dense = lambda layer, h: h @ layer["kernel"] + layer["bias"]  # noqa: E731
+    h = jax.nn.selu(dense(p["in_proj"], jnp.concatenate([x, t[:, None]], axis=1)))
+    h = jax.nn.selu(dense(p["hidden_0"]["dense"], h))
+    h = jax.nn.selu(dense(p["hidden_1"]["dense"], h))
+    np.testing.assert_allclose(net.apply({"params": p}, x, t), dense(p["out_proj"], h), rtol=1e-5, atol=1e-6)
 
 
 def test_plugs_into_sampler_with_params_and_guidance():

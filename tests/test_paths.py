@@ -14,7 +14,12 @@ from flowgen.paths.schedules import Path, _derivative
 
 pytestmark = pytest.mark.usefixtures("x64")
 
-NAMED = [n for n in fg.paths.PATHS if n != "custom"]
+#: Every named path at its defaults, plus Lipman et al.'s linear path with σ_min = 0.1 (Tong et al.'s "FM").
+NAMED = [n for n in fg.paths.PATHS if n != "custom"] + ["linear_sigma_min"]
+
+
+def named(name):
+    return fg.paths.get("linear", sigma_min=0.1) if name == "linear_sigma_min" else fg.paths.get(name)
 
 
 def custom_path():
@@ -27,7 +32,7 @@ def interior(path, n=41):
 
 @pytest.mark.parametrize("name", NAMED)
 def test_closed_form_derivatives_match_jvp(name):
-    path = fg.paths.get(name)
+    path = named(name)
     t = interior(path)
     np.testing.assert_allclose(path.d_alpha(t), _derivative(path.alpha, t), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(path.d_sigma(t), _derivative(path.sigma, t), rtol=1e-10, atol=1e-12)
@@ -35,7 +40,7 @@ def test_closed_form_derivatives_match_jvp(name):
 
 @pytest.mark.parametrize("name", NAMED + ["custom"])
 def test_log_snr_inverse_round_trip(name):
-    path = custom_path() if name == "custom" else fg.paths.get(name)
+    path = custom_path() if name == "custom" else named(name)
     t = interior(path)
     lam = path.log_snr(t)
     assert np.all(np.diff(np.asarray(lam)) > 0), "λ must increase with t"
@@ -49,7 +54,7 @@ def test_log_snr_inverse_round_trip(name):
 def test_sde_coefficients_preserve_the_marginals(name):
     """Forward SDE dx = f·x ds + g dW in s = 1 − t has mean α·x_data and variance σ² iff
     dα/ds = f·α and dσ²/ds = 2f·σ² + g²."""
-    path = fg.paths.get(name)
+    path = named(name)
     t = interior(path)
     f, g2 = path.drift_coefficient(t), path.diffusion_sq(t)
     a, s, da, ds = path.coefficients(t)
@@ -79,7 +84,7 @@ def test_known_values():
 
 @pytest.mark.parametrize("name", ["linear", "ve", "vp_linear"])
 def test_prior_log_prob_matches_scipy(name):
-    path = fg.paths.get(name)
+    path = named(name)
     x = jax.random.normal(jax.random.key(0), (5, 3)) * 2.0
     std = float(path.prior_std())
     expected = scipy.stats.norm(0, std).logpdf(np.asarray(x)).sum(-1)
@@ -90,7 +95,7 @@ def test_prior_log_prob_matches_scipy(name):
 @pytest.mark.parametrize("name", NAMED)
 def test_path_marginal_moments_against_monte_carlo(name):
     """x_t = α·x_data + σ·noise for mixture data: mean α·m and covariance α²·C + σ²·I."""
-    path = fg.paths.get(name)
+    path = named(name)
     gmm = fg.analytic.GaussianMixture.circle()
     n = 200_000
     k1, k2 = jax.random.split(jax.random.key(3))
@@ -119,7 +124,7 @@ def test_get_errors_name_the_valid_choices():
 
 @pytest.mark.parametrize("name", ["linear", "vp_linear", "ve", "trig"])
 def test_edm_adapter_round_trip(name):
-    path = fg.paths.get(name)
+    path = named(name)
     t = interior(path, 9)
     x = jax.random.normal(jax.random.key(0), (t.shape[0], 3))
     x_edm, s_edm = conventions.to_edm(path, x, t)

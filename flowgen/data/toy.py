@@ -16,6 +16,8 @@ arguments static (``toy_sampler`` does exactly that). The shapes follow FFJORD's
   posterior of ``flowgen.analytic`` is its ground truth.
 - ``checkerboard``: uniform on the black squares of a 4×4 board on [−4, 4]².
 - ``spirals``: two interleaved spirals (FFJORD's ``2spirals``).
+- ``scurve``: scikit-learn's S curve seen from the side (its x and z coordinates), ``noise`` 0.05, scaled by 1.5, as
+  in Tong et al. 2023's 2-D benchmark.
 - ``circle``: ``GaussianMixture.circle(**kwargs)`` (defaults: 8 components, radius 4, std 0.5).
 - ``gaussian_mixture``: any ``GaussianMixture`` in 2-D, given as ``mixture=`` or as ``means``, ``std``, ``weights``.
 """
@@ -59,6 +61,14 @@ def _spirals(key, n, dtype, noise: float = 0.1):
     return sign[:, None] * jnp.stack([x, y], axis=-1) / 3.0 + noise * jax.random.normal(k_noise, (n, 2), dtype)
 
 
+def _scurve(key, n, dtype, noise: float = 0.05):
+    """scikit-learn's ``make_s_curve``: t = 3π(u − 1/2), (x, z) = (sin t, sign(t)·(cos t − 1)) plus N(0, noise²)."""
+    k_t, k_noise = jax.random.split(key)
+    t = 3.0 * math.pi * (jax.random.uniform(k_t, (n,), dtype) - 0.5)
+    xz = jnp.stack([jnp.sin(t), jnp.sign(t) * (jnp.cos(t) - 1.0)], axis=-1)
+    return 1.5 * (xz + noise * jax.random.normal(k_noise, (n, 2), dtype))
+
+
 def eight_gaussians() -> GaussianMixture:
     """FFJORD's "8gaussians": centres 4·(unit vectors at multiples of 45°), std 0.5, all divided by √2."""
     return GaussianMixture.circle(8, radius=4.0 / math.sqrt(2.0), std=0.5 / math.sqrt(2.0))
@@ -97,6 +107,7 @@ TOY_DATASETS: dict[str, Callable] = {
     "8gaussians": _mixture_sampler("8gaussians"),
     "checkerboard": _checkerboard,
     "spirals": _spirals,
+    "scurve": _scurve,
     "circle": _mixture_sampler("circle"),
     "gaussian_mixture": _mixture_sampler("gaussian_mixture"),
 }

@@ -14,10 +14,14 @@ The conditioning is *added* to the first hidden layer, which is the same functio
 flow_matching's toy MLPs do; the time features go through DiT's two-layer TimestepEmbedder first. ``depth`` is
 the number of hidden layers (SiLU activations), so the trunk has ``depth + 1`` Dense layers.
 
+``time_embedding="concat"`` feeds t itself as one more input (``h = Dense(H)([x, t])``, no embedder; extra times
+likewise) and ``activation="selu"`` swaps every SiLU: with ``hidden=64, depth=3`` this is exactly torchcfm's 2-D
+network (Tong et al. 2023's ``VelocityNet`` / ``torchcfm.models.MLP``, 3×64 SELU, 8,706 parameters in 2-D).
+
 Parameter count (every Dense has a bias; the time features themselves have no parameters)::
 
     P = (d·H + H)              input projection
-      + 2·(H² + H)             time embedder
+      + 2·(H² + H)             time embedder  (with "concat": none, and the input projection has (d + 1)·H + H)
       + (depth − 1)·(H² + H)   hidden layers
       + (H·d + d)              output layer
       + (C + 1)·H              label table (conditional nets only)
@@ -47,11 +51,20 @@ from flowgen.networks.embeddings import (
     embed_extra_times,
 )
 
+#: How t enters the MLP: embedded features (``flowgen.networks.embeddings``) or concatenated to x.
+TIME_INPUTS = (*EMBEDDINGS, "concat")
+ACTIVATIONS = {"silu": nn.silu, "selu": nn.selu}
 
-def param_count(data_dim: int, hidden: int = 256, depth: int = 3, num_classes: int | None = None) -> int:
-    """Number of parameters of ``MLP(hidden, depth, num_classes)`` on data of dimension ``data_dim``."""
+
+def param_count(data_dim: int, hidden: int = 256, depth: int = 3, num_classes: int | None = None,
+                time_embedding: str = "sinusoidal") -> int:
+    """Number of parameters of ``MLP(hidden, depth, num_classes, time_embedding)`` on data of dimension
+    ``data_dim`` (without extra times)."""
     d, h = data_dim, hidden
-    count = (d * h + h) + 2 * (h * h + h) + (depth - 1) * (h * h + h) + (h * d + d)
+    if time_embedding == "concat":
+        count = ((d + 1) * h + h) + (depth - 1) * (h * h + h) + (h * d + d)
+    else:
+        count = (d * h + h) + 2 * (h * h + h) + (depth - 1) * (h * h + h) + (h * d + d)
     if num_classes is not None:
         count += (num_classes + 1) * h
     return count
@@ -62,15 +75,17 @@ def _is_int(v) -> bool:
 
 
 class _HiddenLayer(nn.Module):
-    """SiLU → Dense: one hidden layer (the unit ``remat`` wraps)."""
+    """Activation (SiLU) → Dense: one hidden layer (the unit ``remat`` wraps)."""
 
     features: int
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    activation: str = "silu"
 
     @nn.compact
     def __call__(self, h):
-        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(nn.silu(h))
+        act = ACTIVATIONS[self.activation]
+        return nn.Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="dense")(act(h))
 
 
 class MLP(nn.Module):
@@ -81,7 +96,8 @@ class MLP(nn.Module):
       depth: number of hidden layers (>= 1).
       num_classes: None for an unconditional net; else C >= 1 classes plus the null label C.
       time_embedding: "sinusoidal" (Transformer/DDPM features of 1000·t) or "fourier" (Gaussian random
-        Fourier features, scale 16); see ``flowgen.networks.embeddings``.
+        Fourier features, scale 16); see ``flowgen.networks.embeddings``; or "concat" (t as one more input).
+      activation: "silu" (default) or "selu", between every two Dense layers.
       dtype: compute dtype (e.g. jnp.bfloat16); the output is cast back to x's dtype.
       param_dtype: parameter dtype (float32 by default).
       remat: recompute each hidden layer's activations in the backward pass (``nn.remat``) to save memory.
@@ -101,6 +117,7 @@ class MLP(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     remat: bool = False
     extra_times: tuple[str, ...] = ()   # further time-like inputs (e.g. ("r",)), given as times={name: (batch,)}
+    activation: str = "silu"
 
     def __post_init__(self):
         if not (_is_int(self.hidden) and self.hidden >= 2):
@@ -109,10 +126,12 @@ class MLP(nn.Module):
             raise ValueError(f"MLP: depth must be an integer >= 1; got {self.depth!r}")
         if self.num_classes is not None and not (_is_int(self.num_classes) and self.num_classes >= 1):
             raise ValueError(f"MLP: num_classes must be None or an integer >= 1; got {self.num_classes!r}")
-        if self.time_embedding not in EMBEDDINGS:
+        if self.time_embedding not in TIME_INPUTS:
             raise ValueError(
-                f"MLP: unknown time_embedding {self.time_embedding!r}; valid: {', '.join(EMBEDDINGS)}"
+                f"MLP: unknown time_embedding {self.time_embedding!r}; valid: {', '.join(TIME_INPUTS)}"
             )
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"MLP: unknown activation {self.activation!r}; valid: {', '.join(ACTIVATIONS)}")
         super().__post_init__()
 
     @property
@@ -137,14 +156,20 @@ class MLP(nn.Module):
         dense = lambda features, name: nn.Dense(features, name=name, **dtypes)
         embedder = lambda name: TimestepEmbedder(self.hidden, kind=self.time_embedding,  # noqa: E731
                                                  time_scale=self.time_scale, name=name, **dtypes)
-        c = embedder("time_embed")(t)
-        c = c + embed_extra_times("MLP", self.extra_times, times, x.shape[0], lambda n: embedder(f"{n}_embed"))
+        flat = jnp.reshape(x, (x.shape[0], -1))
+        inputs, c = flat, 0.0
+        if self.time_embedding == "concat":
+            embed_extra_times("MLP", self.extra_times, times, x.shape[0], lambda n: (lambda v: v))   # its checks only
+            columns = [jnp.reshape(v, (-1, 1)).astype(flat.dtype) for v in (t, *(times[n] for n in self.extra_times))]
+            inputs = jnp.concatenate([flat, *columns], axis=-1)
+        else:
+            c = embedder("time_embed")(t)
+            c = c + embed_extra_times("MLP", self.extra_times, times, x.shape[0], lambda n: embedder(f"{n}_embed"))
         if self.num_classes is not None:
             c = c + LabelEmbedder(self.num_classes, self.hidden, name="label_embed", **dtypes)(labels)
-        flat = jnp.reshape(x, (x.shape[0], -1))
-        h = dense(self.hidden, "in_proj")(flat) + c
+        h = dense(self.hidden, "in_proj")(inputs) + c
         layer = nn.remat(_HiddenLayer) if self.remat else _HiddenLayer
         for i in range(self.depth - 1):
-            h = layer(self.hidden, name=f"hidden_{i}", **dtypes)(h)
-        out = dense(flat.shape[-1], "out_proj")(nn.silu(h))
+            h = layer(self.hidden, name=f"hidden_{i}", activation=self.activation, **dtypes)(h)
+        out = dense(flat.shape[-1], "out_proj")(ACTIVATIONS[self.activation](h))
         return jnp.reshape(out, x.shape).astype(x.dtype)

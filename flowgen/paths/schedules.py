@@ -187,24 +187,38 @@ class Path:
 
 @dataclasses.dataclass(frozen=True)
 class LinearPath(Path):
-    """Rectified flow / CondOT (Liu et al. 2023; Lipman et al. 2023): α = t, σ = 1 − t."""
+    """Rectified flow / CondOT (Liu et al. 2023; Lipman et al. 2023): α = t, σ = 1 − (1 − σ_min)·t.
+
+    ``sigma_min`` = 0 (default) is the straight line from noise to data; Lipman et al.'s flow matching keeps a
+    little noise at the data end (σ(1) = σ_min, e.g. 0.1 in Tong et al.'s "FM" baseline), target x − (1 − σ_min)·z.
+    """
 
     name: ClassVar[str] = "linear"
+    sigma_min: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.sigma_min, bool) or not isinstance(self.sigma_min, (int, float)) or not (
+                0.0 <= self.sigma_min < 1.0):
+            raise ValueError(f"LinearPath: sigma_min must be a number in [0, 1); got {self.sigma_min!r}")
 
     def alpha(self, t):
         return _float(t)
 
     def sigma(self, t):
-        return 1.0 - _float(t)
+        return 1.0 - (1.0 - self.sigma_min) * _float(t)
 
     def d_alpha(self, t):
         return jnp.ones_like(_float(t))
 
     def d_sigma(self, t):
-        return -jnp.ones_like(_float(t))
+        return jnp.full_like(_float(t), -(1.0 - self.sigma_min))
 
     def t_from_log_snr(self, log_snr):
-        return jax.nn.sigmoid(_float(log_snr))
+        # e^λ = t / (1 − (1 − σ_min)·t)  ⇒  t = 1 / (e^{−λ} + 1 − σ_min); σ_min = 0: the logistic sigmoid
+        if self.sigma_min == 0.0:
+            return jax.nn.sigmoid(_float(log_snr))
+        return 1.0 / (jnp.exp(-_float(log_snr)) + 1.0 - self.sigma_min)
 
 
 @dataclasses.dataclass(frozen=True)
