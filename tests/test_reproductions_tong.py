@@ -59,3 +59,10 @@ def test_flowgen_side_end_to_end_and_report(tmp_path, monkeypatch):
 ])
 def test_paired_verdicts(better, worse, verdict):
     assert tong_2d_report.paired_verdict(better, worse) == verdict
+
+
+def test_no_worse_claims_hold_unless_significantly_worse():
+    same = ({1: 0.1, 2: 0.5, 3: 0.3}, {1: 0.4, 2: 0.2, 3: 0.3})
+    assert tong_2d_report.paired_verdict(*same, kind="no worse") == "holds"
+    worse = ({1: 0.5, 2: 0.52, 3: 0.49}, {1: 0.1, 2: 0.12, 3: 0.11})
+    assert tong_2d_report.paired_verdict(*worse, kind="no worse") == "does not hold"

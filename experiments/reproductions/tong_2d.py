@@ -138,6 +138,15 @@ def eval_points(task: str, seed: int, n: int = EVAL_POINTS) -> tuple[np.ndarray,
     return x0, _toy(target, tkw, 2 * EVAL_SEED + seed, 0, n)
 
 
+def data_floor(task: str, seed: int) -> float:
+    """W2 between the held-out target points of ``seed`` and another independent set of as many: what a perfect
+    model scores (the floor of the W2 columns at this sample size)."""
+    from flowgen.evals.sample_metrics import wasserstein2
+
+    target, kwargs = TASKS[task][1]
+    return wasserstein2(eval_points(task, seed)[1], _toy(target, kwargs, 3 * EVAL_SEED + seed, 0, EVAL_POINTS))
+
+
 def reference_w2_squared(task: str) -> float:
     """W2²(q₀, q₁) by exact EMD between ``REF_POINTS`` source and target points (seed 0 of the evaluation keys)."""
     from flowgen.evals.sample_metrics import wasserstein2
