@@ -202,6 +202,11 @@ class LinearPath(Path):
                 0.0 <= self.sigma_min < 1.0):
             raise ValueError(f"LinearPath: sigma_min must be a number in [0, 1); got {self.sigma_min!r}")
 
+    def __repr__(self):
+        # σ_min = 0 keeps the repr it had before the option existed: sweeps key their cells on it (unchanged ids)
+        extra = f", sigma_min={self.sigma_min}" if self.sigma_min else ""
+        return f"LinearPath(t_min={self.t_min}, t_max={self.t_max}{extra})"
+
     def alpha(self, t):
         return _float(t)
 
