@@ -106,7 +106,6 @@ def run_config(task: str, method: str, seed: int, steps: int, stage: str = ""):
         c.method.name, c.method.kwargs = "flow_matching", {}
         c.path.kwargs = {"sigma_min": SIGMA}
     c.optim.update({"name": "adamw", "lr": 1e-3, "weight_decay": 1e-5, "warmup_steps": 0, "grad_clip": 0.0})
-    c.ema.decays = (0.999,)
     c.sample.ema = "params"
     c.train.update({"num_steps": steps, "log_every": max(steps // 4, 1), "checkpoint_every": steps,
                     "sample_every": 0, "keep_checkpoints": 1})
@@ -266,7 +265,10 @@ def main(argv=None) -> int:
     ap.add_argument("--report", action="store_true", help="write the report from the runs found, train nothing")
     ap.add_argument("--out", default=str(Path(__file__).with_suffix(".md")), help="the report's file")
     args = ap.parse_args(argv)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds={args.seeds!r}: give integers separated by commas, e.g. 42,43,44")
     tasks, methods = args.tasks.split(","), args.methods.split(",")
     for bad, valid, what in ((set(tasks) - set(TASKS), TASKS, "--tasks"), (set(methods) - set(METHODS), METHODS,
                                                                              "--methods")):
