@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -66,17 +65,6 @@ for line in sys.stdin:
 """
 
 
-def load_average() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def uptime() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return f"load average {load_average()}"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--torch-python", default=None, help="a Python with torch and diffusers (else flowgen only)")
@@ -87,7 +75,7 @@ def main():
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
 
-    load_before, uptime_before = load_average(), uptime()
+    load_before, uptime_before = common.load_average(), common.uptime()
     print(f"before: {uptime_before}", flush=True)
     images = np.random.default_rng(0).uniform(-1, 1, (args.batch, args.size, args.size, 3)).astype(np.float32)
     config_path = autoencoders.config.CONFIG_DIR / f"{args.config}.json"
@@ -127,7 +115,7 @@ def main():
     tmp.cleanup()
 
     gflops = common.matmul_peak_gflops()
-    load_after, uptime_after = load_average(), uptime()
+    load_after, uptime_after = common.load_average(), common.uptime()
     jax_ips = args.batch / common.median(jax_s)
     rows = [["flowgen (Flax, XLA:CPU)", f"{jax_ips:.3f}", f"{jax_ips * gflop_per_image:.1f}", f"{min(jax_s):.2f}"]]
     result = {"config": args.config, "size": args.size, "batch": args.batch, "rounds": args.rounds,

@@ -51,6 +51,18 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def load_average() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def uptime() -> str:
+    """``uptime``'s line (load averages over 1, 5 and 15 minutes): print it before and after every measurement."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"load average {load_average()}"
+
+
 def start_worker(python: str, script: str, *args: str) -> tuple[subprocess.Popen, dict]:
     """Start ``python -c script *args``, a worker timing the other side of a comparison (e.g. PyTorch, which is no
     flowgen dependency), and wait until it is ready; returns the process and the JSON line it printed.

@@ -7,8 +7,9 @@ CPU with every thread they get by default. flowgen runs ``inception.features`` i
 over ``jax.devices()``); PyTorch runs ``torch.jit.load(default_1.pt)`` under ``torch.no_grad()`` in a worker
 subprocess started with ``--torch-python`` (torch is no flowgen dependency). After one warm-up call on each side,
 the rounds alternate flowgen, torch, flowgen, torch, …, so a shared machine's drift hits both alike; reported are
-images/s from the median round and the ratio flowgen / torch (target ≥ 1), with the machine's float32 matmul
-GFLOP/s (2048² matmul in JAX) and the GFLOP/s each side reaches at ~5.7 GFLOPs per image (2 × 2.85 G MACs).
+images/s from the median round, the ratio flowgen / torch (target ≥ 1) and each round's ratio, with the machine's
+float32 matmul GFLOP/s (2048² matmul in JAX), the GFLOP/s each side reaches at ~5.7 GFLOPs per image (2 × 2.85 G
+MACs), ``uptime``'s load before and after, and how far flowgen's features are from torch's (max relative).
 Writes ``results/benchmarks/fid_inception-<UTC time>.json`` (never overwrites); prints a Markdown table.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 
 import jax
@@ -38,7 +40,7 @@ model = torch.jit.load(sys.argv[1], map_location="cpu").eval()
 images = np.load(sys.argv[2])
 x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 128 - 1
 model(x)                                           # warm-up (TorchScript profiling runs)
-model(x)
+np.save(sys.argv[3], model(x).numpy())
 print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
 for line in sys.stdin:
     start = time.perf_counter()
@@ -56,6 +58,8 @@ def main():
     parser.add_argument("--out-dir", default=None)
     args = parser.parse_args()
 
+    load_before, uptime_before = common.load_average(), common.uptime()
+    print(f"before: {uptime_before}", flush=True)
     weights = args.weights or str(inception_weights.fetch())
     images = np.random.default_rng(0).integers(0, 256, (args.batch, 299, 299, 3), dtype=np.uint8)
     params = inception.load_params(weights)
@@ -67,30 +71,38 @@ def main():
 
     worker, torch_info = None, None
     if args.torch_python:
-        tmp = os.path.join(os.path.dirname(weights), f"bench_images_{os.getpid()}.npy")
-        np.save(tmp, images)
-        worker, torch_info = common.start_worker(args.torch_python, TORCH_WORKER, weights, tmp)
-        os.remove(tmp)
+        with tempfile.TemporaryDirectory() as tmp:
+            np.save(os.path.join(tmp, "images.npy"), images)
+            worker, torch_info = common.start_worker(args.torch_python, TORCH_WORKER, weights,
+                                                     os.path.join(tmp, "images.npy"), os.path.join(tmp, "features.npy"))
+            theirs = np.load(os.path.join(tmp, "features.npy"))
 
     jax_s, torch_s = common.interleaved_rounds(run_jax, worker, args.rounds)
+    load_after, uptime_after = common.load_average(), common.uptime()
+    print(f"after:  {uptime_after}", flush=True)
 
     gflops = common.matmul_peak_gflops()
     jax_ips = args.batch / common.median(jax_s)
     rows = [["flowgen (JAX)", f"{jax_ips:.2f}", f"{jax_ips * GFLOP_PER_IMAGE:.1f}", f"{min(jax_s):.2f}"]]
     result = {"batch": args.batch, "rounds": args.rounds, "matmul_gflops": gflops, "jax_seconds": jax_s,
               "jax_images_per_s": jax_ips, "jax_first_call_s": compile_s, "torch": torch_info,
-              "finite": bool(np.isfinite(ours).all())}
+              "finite": bool(np.isfinite(ours).all()), "load_before": load_before, "load_after": load_after,
+              "uptime_before": uptime_before, "uptime_after": uptime_after}
     if torch_s:
         torch_ips = args.batch / common.median(torch_s)
         rows.append([f"TorchScript (torch {torch_info['torch']}, {torch_info['threads']} threads)",
                      f"{torch_ips:.2f}", f"{torch_ips * GFLOP_PER_IMAGE:.1f}", f"{min(torch_s):.2f}"])
-        result |= {"torch_seconds": torch_s, "torch_images_per_s": torch_ips, "ratio": jax_ips / torch_ips}
+        result |= {"torch_seconds": torch_s, "torch_images_per_s": torch_ips, "ratio": jax_ips / torch_ips,
+                   "round_ratios": [t / j for j, t in zip(jax_s, torch_s, strict=True)],
+                   "max_rel_diff_vs_torch": float(np.abs(ours - theirs).max() / np.abs(theirs).max())}
     print(f"FID Inception-v3, {args.batch} images of 299², {args.rounds} interleaved rounds; "
           f"machine: {gflops:.1f} GFLOP/s float32 matmul (JAX), {os.cpu_count()} CPUs, {jax.device_count()} "
-          f"JAX device(s)\n")
+          f"JAX device(s); load average before {load_before}, after {load_after}\n")
     print(common.markdown_table(["", "images/s (median round)", "GFLOP/s", "best round s"], rows))
     if torch_s:
-        print(f"\nratio flowgen / torch: {result['ratio']:.2f}")
+        print(f"\nratio flowgen / torch: {result['ratio']:.2f} (median rounds); single rounds: "
+              f"{', '.join(f'{r:.2f}' for r in result['round_ratios'])}; features agree to "
+              f"{result['max_rel_diff_vs_torch']:.1e} (max relative)")
     path = common.write_json("fid_inception", {"result": result, "environment": common.environment(),
                                                "time": common.now_utc()}, args.out_dir)
     print(f"\nwrote {path}")

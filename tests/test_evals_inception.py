@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -130,6 +132,73 @@ def params():
     except inception_weights.WeightsUnavailable as e:
         pytest.skip(f"FID Inception weights unavailable (no network?): {str(e).splitlines()[0]}")
     return inception.load_params(path)
+
+
+def _plain_conv(params, name, x):
+    """The convolution as the graph declares it: unpadded for the stem's 2a/4a and stride 2, else 'same'."""
+    kernel = params[name]["kernel"]
+    kh, kw = kernel.shape[:2]
+    stride = 2 if name in inception._STRIDE2 else 1
+    pad = [(0, 0)] * 2 if name in inception._UNPADDED else [(kh // 2, kh // 2), (kw // 2, kw // 2)]
+    y = jax.lax.conv_general_dilated(x, kernel, (stride, stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                     precision=jax.lax.Precision.HIGHEST)
+    return jax.nn.relu(y + params[name]["bias"])
+
+
+@pytest.mark.parametrize("name,kernel", [("Conv2d_2a_3x3", (3, 3)), ("Conv2d_4a_3x3", (3, 3)),
+                                         ("Mixed_6a/branch3x3", (3, 3)), ("Mixed_5b/branch1x1", (1, 1)),
+                                         ("Mixed_6b/branch7x7_2", (1, 7)), ("Mixed_5b/branch5x5_2", (5, 5))])
+@pytest.mark.parametrize("size", [(9, 9), (10, 11)])
+def test_conv_rewrites_are_the_declared_convolution(name, kernel, size):
+    """Padded-then-cropped, padded-at-the-far-end (stride 2, odd and even sizes) and matmul forms compute the graph's
+    own convolution."""
+    rng = np.random.default_rng(0)
+    params = {name: {"kernel": jnp.asarray(rng.standard_normal((*kernel, 5, 7)), jnp.float32),
+                     "bias": jnp.asarray(rng.standard_normal(7), jnp.float32)}}
+    x = jnp.asarray(rng.standard_normal((2, *size, 5)), jnp.float32)
+    want = _plain_conv(params, name, x)
+    got = inception._conv(params, name, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 5), (8, 8), (17, 16), (35, 35)])
+def test_pools_match_reduce_window(size):
+    """Max pools (stride 2 unpadded, stride 1 padded with −∞) and the average pool excluding padding."""
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((2, *size, 3)) - 3, jnp.float32)
+    window = (1, 3, 3, 1)
+    pad1 = ((0, 0), (1, 1), (1, 1), (0, 0))
+    total = jax.lax.reduce_window(x, 0.0, jax.lax.add, window, (1, 1, 1, 1), pad1)
+    count = jax.lax.reduce_window(jnp.ones((1, *size, 1)), 0.0, jax.lax.add, window, (1, 1, 1, 1), pad1)
+    np.testing.assert_allclose(inception._avg_pool_exclude_pad(x), total / count, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(inception._max_pool(x, 1, padding=1),
+                                  jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, (1, 1, 1, 1), pad1))
+    if min(size) >= 3:
+        np.testing.assert_array_equal(inception._max_pool(x, 2), jax.lax.reduce_window(
+            x, -jnp.inf, jax.lax.max, window, (1, 2, 2, 1), ((0, 0),) * 4))
+
+
+def _equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, (list, tuple)) else [value]):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    yield from _equations(inner)
+
+
+def test_network_avoids_operations_xla_cpu_runs_slowly(params):
+    """XLA:CPU runs an unpadded convolution 2–5× slower than a padded one, a 1×1 convolution ~2× slower than the
+    same matmul and ``reduce_window`` 4–6× slower than slices (``benchmarks/README.md``): the network has none."""
+    x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
+    eqns = list(_equations(jax.make_jaxpr(inception.network)(params, x).jaxpr))
+    convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+    dots = [e for e in eqns if e.primitive.name == "dot_general"]
+    assert len(convs) + len(dots) == len(params) == 94
+    for e in convs:
+        assert e.invars[1].aval.shape[:2] != (1, 1) and any(p != (0, 0) for p in e.params["padding"]), e
+    assert not [e.primitive.name for e in eqns if "reduce_window" in e.primitive.name]
 
 
 @pytest.mark.slow
