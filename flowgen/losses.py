@@ -78,6 +78,12 @@ def loss_weight(weighting: str, target: str, path: Path, t, gamma: float = 5.0, 
     return jnp.exp(_log_data_weight(weighting, path, t, gamma, sigma_data) - _log_target_scale_sq(target, path, t))
 
 
+def drop_labels(key, labels, rate: float, null_label: int):
+    """Classifier-free guidance training: each of (B,) labels becomes ``null_label`` with probability ``rate``."""
+    drop = jax.random.bernoulli(key, rate, labels.shape)
+    return jnp.where(drop, jnp.asarray(null_label, labels.dtype), labels)
+
+
 def make_loss(
     model: Callable,
     path: Path,
@@ -140,8 +146,7 @@ def make_loss(
         else:
             cond = batch.get("label")
             if cond is not None and label_dropout > 0:
-                drop = jax.random.bernoulli(k_drop, label_dropout, cond.shape)
-                cond = jnp.where(drop, jnp.asarray(null_label, cond.dtype), cond)
+                cond = drop_labels(k_drop, cond, label_dropout, null_label)
         pred = model(params, x_t, t, cond, k_model)
         if pred.shape != x_t.shape:
             raise ValueError(f"the model returned shape {pred.shape}; expected the input's {x_t.shape}")

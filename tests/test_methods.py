@@ -85,6 +85,30 @@ def test_the_loss_sees_the_state_but_differentiates_only_params():
     assert float(loss(ema, dataclasses.replace(state, params=ema), batch(), None)[0]) == 0.0
 
 
+@pytest.mark.parametrize("name", sorted(set(methods.METHODS) - {"pseudo_huber"}))      # pseudo_huber: no dropout
+def test_label_dropout_gives_the_network_the_null_label(name):
+    """Every method with label dropout hands the network real labels at rate 0 and only the null label (num_classes)
+    at rate 1."""
+    cls = methods.METHODS[name]
+    x = batch(8)["x"]
+    b = {"x": x, "label": jnp.arange(8) % 3} | ({"noise": jnp.zeros_like(x)} if cls.trains_on_pairs else {})
+    for rate in (0.0, 1.0):
+        method = methods.build(name, path=OWN_PATH.get(name, PATH), num_classes=10, label_dropout=rate,
+                               **({"coupling": "given"} if cls.trains_on_pairs else {}),
+                               # shortcut drops labels in its flow-matching part only (its documented behaviour)
+                               **({"self_consistency_fraction": 0.0} if name == "shortcut" else {}))
+        seen = []
+
+        def apply(p, z, t, cond, rng, **times):
+            seen.append(np.asarray(cond))
+            return jnp.zeros_like(z)
+
+        method.make_loss(apply)({}, TrainState(step=jnp.zeros((), jnp.int32), params={}, opt_state=(), ema={}),
+                                b, jax.random.key(0))
+        seen = np.concatenate(seen)            # some methods split the batch over several network calls
+        assert len(seen) >= 8 and np.all((seen == 10) == (rate == 1.0)), (name, rate, seen)
+
+
 def test_pseudo_huber_limits():
     """d = sqrt(‖e‖² + c²) − c: ‖e‖²/(2c) for ‖e‖ ≪ c, ‖e‖ − c for ‖e‖ ≫ c (per example)."""
     module, params = net()

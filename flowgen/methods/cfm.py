@@ -84,10 +84,7 @@ class ConditionalFlowMatching(FlowMatching):
             t = sampler.sample(k_time, (b,), x_data.dtype)
             eps = jax.random.normal(k_eps, x_data.shape, x_data.dtype)
             x_t, goal = conditional_flow(x_data, x0, eps, t, self.sigma, self.noise)
-            cond = batch.get("label") if self.num_classes else None
-            if cond is not None and self.label_dropout > 0:
-                drop = jax.random.bernoulli(k_drop, self.label_dropout, cond.shape)
-                cond = jnp.where(drop, jnp.asarray(self.num_classes, cond.dtype), cond)
+            cond = self.training_labels(batch, k_drop)
             err = jnp.reshape(apply(params, x_t, t, cond, k_model).astype(jnp.float32) - goal, (b, -1))
             value = jnp.mean(err**2)
             return value, {"loss": value, "mse": value, "t_mean": jnp.mean(t)}

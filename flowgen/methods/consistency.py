@@ -243,7 +243,6 @@ class ConsistencyModel(FlowMatching):
     def make_loss(self, apply):
         sampler = get_time_sampler(self.time_sampler, self.path, **dict(self.time_sampler_options))
         couple = get_coupling(self.coupling)
-        dropout = self.label_dropout if self.num_classes else 0.0
         teacher = self.teacher_velocity() if self.mode == "scd" else None
 
         def loss(params, state, batch, key):
@@ -252,10 +251,7 @@ class ConsistencyModel(FlowMatching):
             b = x_data.shape[0]
             t = sampler.sample(k_time, (b,), x_data.dtype)
             x_t = self.path.sample(x_data, noise, t)
-            cond = batch.get("label") if self.num_classes else None
-            if cond is not None and dropout > 0:
-                drop = jax.random.bernoulli(k_drop, dropout, cond.shape)
-                cond = jnp.where(drop, jnp.asarray(self.num_classes, cond.dtype), cond)
+            cond = self.training_labels(batch, k_drop)
             if teacher is None:
                 u = target_from_pair("velocity", self.path, x_data, noise, t)
             else:

@@ -63,7 +63,6 @@ class OneStepDistillation(FlowMatching):
         couple = get_coupling(self.coupling)
         path = self.path
         t_min, span = float(path.t_min), float(path.t_max - path.t_min)
-        dropout = self.label_dropout if self.num_classes else 0.0
 
         def loss(params, state, batch, key):
             del state                                  # the teacher is in the pairs
@@ -72,10 +71,7 @@ class OneStepDistillation(FlowMatching):
             b = x_data.shape[0]
             x_start = (path.sigma(t_min) * noise).astype(x_data.dtype)
             goal = ((x_data - x_start) / span).astype(jnp.float32)
-            cond = batch.get("label") if self.num_classes else None
-            if cond is not None and dropout > 0:
-                drop = jax.random.bernoulli(k_drop, dropout, cond.shape)
-                cond = jnp.where(drop, jnp.asarray(self.num_classes, cond.dtype), cond)
+            cond = self.training_labels(batch, k_drop)
             pred = apply(params, x_start, jnp.full((b,), t_min, x_data.dtype), cond, k_model).astype(jnp.float32)
             value = jnp.mean((pred - goal) ** 2)
             return value, {"loss": value}

@@ -59,6 +59,14 @@ class FlowMatching(Method):
             return loss
         return lambda params, batch, key: loss(params, {k: v for k, v in batch.items() if k != "label"}, key)
 
+    def training_labels(self, batch, key):
+        """The batch's class labels, each replaced by the null label (``num_classes``) with probability
+        ``label_dropout``; None for an unconditional method. For losses written out in a method's own module."""
+        labels = batch.get("label") if self.num_classes else None
+        if labels is None or not self.label_dropout:
+            return labels
+        return losses.drop_labels(key, labels, self.label_dropout, self.num_classes)
+
     def make_loss(self, apply):
         regression = self._regression(apply)
 

@@ -102,7 +102,6 @@ class MeanFlow(JumpMethod):
     def make_loss(self, apply):
         sampler = get_time_sampler(self.time_sampler, self.path, **dict(self.time_sampler_options))
         couple = get_coupling(self.coupling)
-        dropout = self.label_dropout if self.num_classes else 0.0
 
         def loss(params, state, batch, key):
             del state
@@ -118,10 +117,7 @@ class MeanFlow(JumpMethod):
             t = jnp.concatenate([t_mf, t[n:]])
             x_t = self.path.sample(x_data, noise, t)
             v = target_from_pair("velocity", self.path, x_data, noise, t)
-            cond = batch.get("label") if self.num_classes else None
-            if cond is not None and dropout > 0:
-                drop = jax.random.bernoulli(k_drop, dropout, cond.shape)
-                cond = jnp.where(drop, jnp.asarray(self.num_classes, cond.dtype), cond)
+            cond = self.training_labels(batch, k_drop)
 
             def net(z, tt, hh, c):
                 return apply(params, z, tt, c, k_model, h=hh)
