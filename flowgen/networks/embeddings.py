@@ -258,20 +258,26 @@ def check_conditioning(owner: str, batch: int, t, labels, num_classes: int | Non
                          f"{jnp.result_type(labels)}")
 
 
-def embed_extra_times(owner: str, names: tuple[str, ...], times, batch: int, embedder: Callable):
-    """Σ over ``names`` of ``embedder(name)(times[name])``: the embedding of a network's further time-like inputs,
-    to be added to t's. ``times`` maps each name to a (batch,) array; ``embedder(name)`` builds a TimestepEmbedder
-    named after the input (called inside the network's compact ``__call__``). Returns 0.0 when ``names`` is empty.
-    Raises ValueError naming ``owner`` if the inputs given differ from those declared or have the wrong shape."""
+def check_extra_times(owner: str, names: tuple[str, ...], times, batch: int) -> None:
+    """Raise ValueError naming ``owner`` if the time-like inputs ``times`` (name → (batch,) array) differ from those
+    declared (``names``) or have the wrong shape."""
     given = tuple(sorted(times or {}))
     if given != tuple(sorted(names)):
         raise ValueError(f"{owner}: this network takes the time inputs {tuple(names) or 'none'} besides t "
                          f"(extra_times); got {given or 'none'}")
+    for name in names:
+        if jnp.shape(times[name]) != (batch,):
+            raise ValueError(f"{owner}: time input {name!r} must have shape (batch,) = ({batch},); got "
+                             f"{jnp.shape(times[name])}")
+
+
+def embed_extra_times(owner: str, names: tuple[str, ...], times, batch: int, embedder: Callable):
+    """Σ over ``names`` of ``embedder(name)(times[name])``: the embedding of a network's further time-like inputs,
+    to be added to t's. ``times`` maps each name to a (batch,) array; ``embedder(name)`` builds a TimestepEmbedder
+    named after the input (called inside the network's compact ``__call__``). Returns 0.0 when ``names`` is empty.
+    Checked first by :func:`check_extra_times`."""
+    check_extra_times(owner, names, times, batch)
     total = 0.0
     for name in names:
-        value = times[name]
-        if jnp.shape(value) != (batch,):
-            raise ValueError(f"{owner}: time input {name!r} must have shape (batch,) = ({batch},); got "
-                             f"{jnp.shape(value)}")
-        total = total + embedder(name)(value)
+        total = total + embedder(name)(times[name])
     return total

@@ -48,6 +48,7 @@ from flowgen.networks.embeddings import (
     LabelEmbedder,
     TimestepEmbedder,
     check_conditioning,
+    check_extra_times,
     embed_extra_times,
 )
 
@@ -159,7 +160,7 @@ class MLP(nn.Module):
         flat = jnp.reshape(x, (x.shape[0], -1))
         inputs, c = flat, 0.0
         if self.time_embedding == "concat":
-            embed_extra_times("MLP", self.extra_times, times, x.shape[0], lambda n: (lambda v: v))   # its checks only
+            check_extra_times("MLP", self.extra_times, times, x.shape[0])
             columns = [jnp.reshape(v, (-1, 1)).astype(flat.dtype) for v in (t, *(times[n] for n in self.extra_times))]
             inputs = jnp.concatenate([flat, *columns], axis=-1)
         else:
