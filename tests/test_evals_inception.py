@@ -189,8 +189,9 @@ def _equations(jaxpr):
 
 
 def test_network_avoids_operations_xla_cpu_runs_slowly(params):
-    """XLA:CPU runs an unpadded convolution 2–5× slower than a padded one, a 1×1 convolution ~2× slower than the
-    same matmul and ``reduce_window`` 4–6× slower than slices (``benchmarks/README.md``): the network has none."""
+    """XLA:CPU runs an unpadded convolution up to 6× slower than a padded one, a 1×1 convolution up to 2.4× slower
+    than the same matmul and ``reduce_window`` 3–7× slower than slices (``benchmarks/README.md``): the network has
+    none of them."""
     x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
     eqns = list(_equations(jax.make_jaxpr(inception.network)(params, x).jaxpr))
     convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]

@@ -200,11 +200,12 @@ def preprocess(images: jax.Array, mode: str) -> jax.Array:
 def _conv(params, name, x):
     """Convolution + folded batch norm + ReLU, written so that XLA:CPU runs it fast; the sums are unchanged.
 
-    Measured on XLA:CPU (``benchmarks/README.md``): an *unpadded* convolution runs 2–5× slower than the same
-    convolution with zero padding, and a 1×1 convolution about 2× slower than the equal matmul. So
+    Measured on XLA:CPU (``benchmarks/README.md``): an *unpadded* convolution runs up to 6× slower than the same
+    convolution with zero padding (2–6× on the stem's stride-1 layers, 1.0–1.7× at stride 2), and a 1×1
+    convolution 1.3–2.4× slower than the equal matmul. So
     - a 1×1 convolution is a matmul over the channel axis;
     - an unpadded stride-1 k×k convolution is the zero-padded ('same') one with its border cropped: every kept
-      output reads only real pixels, so it is the same sum (2.7 % more multiply-adds on Conv2d_2a, 5.6 % on 4a);
+      output reads only real pixels, so it is the same sum (2.7 % more multiply-adds on Conv2d_2a, 5.7 % on 4a);
     - an unpadded stride-2 one pads one zero row and column at the far end; no kept window reaches them.
     On XLA:CPU the outputs were bit-identical to the plain convolutions (``tests/test_evals_inception.py`` checks
     them to round-off); other backends only pay the few border FLOPs.
@@ -229,7 +230,7 @@ def _conv(params, name, x):
 def _window3(x, stride, combine):
     """combine over each 3×3 window of (N, H, W, C), stride ``stride``, separably: three strided slices per axis.
 
-    Written with slices rather than ``lax.reduce_window``, which XLA:CPU runs 4–6× slower on these shapes
+    Written with slices rather than ``lax.reduce_window``, which XLA:CPU runs 3–7× slower on these shapes
     (``benchmarks/README.md``).
     """
     for axis in (1, 2):
