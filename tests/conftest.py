@@ -32,6 +32,23 @@ def fast_compiles():
 
 
 @pytest.fixture
+def jaxpr_equations():
+    """``walk(jaxpr)``: every equation of a jaxpr and, recursively, of the jaxprs in its equations' parameters
+    (scan and while bodies, cond branches, pjit and custom_jvp calls, shard_map)."""
+
+    def walk(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for value in eqn.params.values():
+                for item in value if isinstance(value, (tuple, list)) else (value,):
+                    inner = getattr(item, "jaxpr", item)
+                    if hasattr(inner, "eqns"):
+                        yield from walk(inner)
+
+    return walk
+
+
+@pytest.fixture
 def x64():
     with jax.enable_x64(True):
         yield

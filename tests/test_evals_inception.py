@@ -178,22 +178,12 @@ def test_pools_match_reduce_window(size):
             x, -jnp.inf, jax.lax.max, window, (1, 2, 2, 1), ((0, 0),) * 4))
 
 
-def _equations(jaxpr):
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for value in eqn.params.values():
-            for sub in (value if isinstance(value, (list, tuple)) else [value]):
-                inner = getattr(sub, "jaxpr", sub)
-                if hasattr(inner, "eqns"):
-                    yield from _equations(inner)
-
-
-def test_network_avoids_operations_xla_cpu_runs_slowly(params):
+def test_network_avoids_operations_xla_cpu_runs_slowly(params, jaxpr_equations):
     """XLA:CPU runs an unpadded convolution up to 6× slower than a padded one, a 1×1 convolution up to 2.4× slower
     than the same matmul and ``reduce_window`` 3–7× slower than slices (``benchmarks/README.md``): the network has
     none of them."""
     x = jax.ShapeDtypeStruct((1, 299, 299, 3), jnp.float32)
-    eqns = list(_equations(jax.make_jaxpr(inception.network)(params, x).jaxpr))
+    eqns = list(jaxpr_equations(jax.make_jaxpr(inception.network)(params, x).jaxpr))
     convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
     dots = [e for e in eqns if e.primitive.name == "dot_general"]
     assert len(convs) + len(dots) == len(params) == 94
