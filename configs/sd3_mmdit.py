@@ -24,7 +24,7 @@ values could not be verified here and are not restated.
 
 Variant ``small``: a tiny MM-DiT on the embedded digits, each class captioned "a handwritten <digit>" by the shipped
 caption set (``data.captions = "digits"``), 4 steps (smoke test). Variant ``digits``: the same network, 64 wide with
-4 heads, trained 800 steps (about a minute on 2 CPU cores); its samples follow their captions (docs/mmdit.md).
+4 heads, trained 800 steps (about 40 s on 2 CPU cores); its samples follow their captions (docs/mmdit.md).
 """
 
 from flowgen.networks import MMDIT_PRESETS
@@ -93,7 +93,7 @@ def small(c):
 
 
 def digits(c):
-    """The captioned digits learned in about a minute on a CPU: samples at guidance 2, one row per caption."""
+    """The captioned digits learned in about 40 s on 2 CPU cores: samples at guidance 2, one row per caption."""
     small(c)
     c.data.batch_size = 64
     c.model.kwargs = {**c.model.kwargs, "hidden": 64, "num_heads": 4}

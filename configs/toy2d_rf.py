@@ -1,4 +1,4 @@
-"""Rectified flow (Liu et al. 2023) on the 2-D 8-Gaussian circle: the default config, about 15 s on 2 CPU cores.
+"""Rectified flow (Liu et al. 2023) on the 2-D 8-Gaussian circle: the default config, 15–20 s on 2 CPU cores.
 
 Linear path, velocity target, uniform t, independent coupling, MLP 3×256, Adam 1e-3, batch 256, 2000 steps.
 Samples with Heun at 32 steps (64 NFE) using the EMA (0.999) parameters.
